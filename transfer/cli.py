@@ -1,0 +1,181 @@
+"""The ``transfer`` command line: ``fit``, ``predict``, ``export``, ``zoo list|info``, ``app``.
+
+Bad input ends in one line on stderr and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+
+from transfer.errors import UserError
+
+_log = logging.getLogger("transfer")
+
+
+def _fmt_params(n: int) -> str:
+    return f"{n / 1e6:.1f}M" if n >= 1e5 else f"{n / 1e3:.0f}k"
+
+
+def _zoo_list(args: argparse.Namespace) -> int:
+    import zoo
+
+    names = zoo.list_models(args.pattern)
+    if not names:
+        raise UserError(f"no model matches {args.pattern!r}; try `transfer zoo list` for all of them")
+    rows = []
+    for name in names:
+        s = zoo.get_spec(name)
+        rows.append((s.name, s.family, _fmt_params(s.num_params), str(s.year), s.paper, ", ".join(s.weight_sources)))
+    if args.json:
+        keys = ("name", "family", "params", "year", "paper", "weights")
+        print(json.dumps([dict(zip(keys, r)) for r in rows], indent=1))
+        return 0
+    header = ("name", "family", "params", "year", "paper", "weights")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    widths[4] = min(widths[4], 60)
+    for r in [header, *rows]:
+        cells = [c if len(c) <= w else c[: w - 1] + "~" for c, w in zip(r, widths)]
+        print("  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip())
+    return 0
+
+
+def _zoo_info(args: argparse.Namespace) -> int:
+    import zoo
+
+    try:
+        spec = zoo.get_spec(args.name)
+    except zoo.UnknownModelError as exc:
+        raise UserError(str(exc)) from exc
+    info = {
+        "name": spec.name,
+        "family": spec.family,
+        "paper": spec.paper,
+        "arxiv": spec.arxiv,
+        "year": spec.year,
+        "params": spec.num_params,
+        "weights": {"timm": spec.timm, "torchvision": spec.torchvision},
+        "input_size": list(spec.input_size),
+        "mean": list(spec.mean),
+        "std": list(spec.std),
+        "interpolation": spec.interpolation,
+        "crop_pct": spec.crop_pct,
+        "paper_params": spec.paper_params,
+        "paper_macs": spec.paper_macs,
+        "aliases": list(spec.aliases),
+    }
+    if args.json:
+        print(json.dumps(info, indent=1))
+    else:
+        for k, v in info.items():
+            print(f"{k:>14}: {v}")
+    return 0
+
+
+def _fit(args: argparse.Namespace) -> int:
+    from transfer.train import fit
+
+    result = fit(args.recipe, overrides=args.set, resume=args.resume)
+    print(f"run_id: {result.run_id}")
+    print(f"model_uri: {result.model_uri}")
+    if result.registered_uri:
+        print(f"registered: {result.registered_uri}")
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from transfer.serving import predict_paths
+
+    df = predict_paths(args.model_uri, args.images, tracking_uri=args.tracking_uri)
+    if args.json:
+        print(df.to_json(orient="records", indent=1))
+    else:
+        cols = [c for c in ("path", "label", "score", "error") if c in df.columns]
+        print(df[cols].to_string(index=False))
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from transfer.serving import export_model
+
+    out = export_model(args.model_uri, args.format, args.output, tracking_uri=args.tracking_uri)
+    print(f"exported: {out}")
+    return 0
+
+
+def _app(args: argparse.Namespace) -> int:
+    from app.main import launch
+
+    launch(host=args.host, port=args.port, share=args.share, auth=args.auth)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``transfer`` command."""
+    p = argparse.ArgumentParser(prog="transfer", description="Transfer learning for image classification.")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    f = sub.add_parser("fit", help="fine-tune from a YAML recipe")
+    f.add_argument("recipe", help="path to a recipe YAML (see recipes/)")
+    f.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. model.backbone=resnet50")
+    f.add_argument("--resume", action="store_true", help="continue the last unfinished run of this recipe")
+    f.set_defaults(func=_fit)
+
+    pr = sub.add_parser("predict", help="classify images with a logged or registered model")
+    pr.add_argument("model_uri", help="models:/NAME@ALIAS, models:/NAME/VERSION, runs:/ID/model or a local model dir")
+    pr.add_argument("images", nargs="+", help="image files or folders")
+    pr.add_argument("--json", action="store_true", help="print JSON records")
+    pr.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: sqlite:///mlflow.db)")
+    pr.set_defaults(func=_predict)
+
+    ex = sub.add_parser("export", help="export a model to ONNX or TorchScript")
+    ex.add_argument("model_uri")
+    ex.add_argument("--format", choices=("onnx", "torchscript"), default="onnx")
+    ex.add_argument("--output", "-o", default=None, help="output file")
+    ex.add_argument("--tracking-uri", default=None)
+    ex.set_defaults(func=_export)
+
+    z = sub.add_parser("zoo", help="the model zoo")
+    zsub = z.add_subparsers(dest="zoo_command", required=True)
+    zl = zsub.add_parser("list", help="list architectures")
+    zl.add_argument("pattern", nargs="?", default="*", help="fnmatch pattern, e.g. 'resnet*'")
+    zl.add_argument("--json", action="store_true")
+    zl.set_defaults(func=_zoo_list)
+    zi = zsub.add_parser("info", help="details of one architecture")
+    zi.add_argument("name")
+    zi.add_argument("--json", action="store_true")
+    zi.set_defaults(func=_zoo_info)
+
+    a = sub.add_parser("app", help="serve the web page")
+    a.add_argument("--host", default="127.0.0.1")
+    a.add_argument("--port", type=int, default=7860)
+    a.add_argument("--share", action="store_true")
+    a.add_argument("--auth", default=None, help="user:password (or set TRANSFER_APP_AUTH)")
+    a.set_defaults(func=_app)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``transfer`` console script."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
+    from zoo.errors import ZooError
+
+    try:
+        return args.func(args)
+    except (UserError, ZooError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
