@@ -19,8 +19,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import zoo  # noqa: E402
-from zoo._weights import load_into  # noqa: E402
+import zoo
+from zoo._weights import load_into
 
 _log = logging.getLogger("bench.zoo_speed")
 

@@ -121,7 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     f = sub.add_parser("fit", help="fine-tune from a YAML recipe")
     f.add_argument("recipe", help="path to a recipe YAML (see recipes/)")
-    f.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. model.backbone=resnet50")
+    f.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. model.backbone=resnet50"
+    )
     f.add_argument("--resume", action="store_true", help="continue the last unfinished run of this recipe")
     f.set_defaults(func=_fit)
 

@@ -28,6 +28,7 @@ __all__ = [
     "get_spec",
     "list_models",
     "register_model",
+    "resolve_name",
 ]
 
 

@@ -23,7 +23,7 @@ def test_duplicate_registration_is_an_error() -> None:
     existing = zoo.list_models()[0]
     spec = zoo.get_spec(existing)
 
-    def builder(**kwargs):  # noqa: ANN003, ANN202
+    def builder(**kwargs):
         return None
 
     builder.__name__ = existing
@@ -113,7 +113,7 @@ def test_offline_hub_gives_one_clear_error(tmp_path) -> None:
 
 
 def test_unknown_tags() -> None:
-    with pytest.raises(zoo.WeightsUnavailableError, match="timm has no weights 'resnet18.nope'"):
+    with pytest.raises(zoo.WeightsUnavailableError, match=r"timm has no weights 'resnet18\.nope'"):
         zoo.create_model("resnet18", pretrained="timm:nope")
     with pytest.raises(zoo.WeightsUnavailableError, match="IMAGENET1K_V1"):
         zoo.create_model("resnet18", pretrained="torchvision:NOPE")
