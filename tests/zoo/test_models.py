@@ -59,7 +59,11 @@ def test_contract(name: str) -> None:
         assert len(stage_outs) == len(model.feature_info)
         for i, (o, info) in enumerate(zip(stage_outs, model.feature_info)):
             assert o.shape[1] == info.num_chs, f"stage {i}: {o.shape[1]} channels, feature_info says {info.num_chs}"
-            assert round(spec.min_size / o.shape[-1]) in (info.reduction, spec.min_size), f"stage {i} reduction"
+            # same padding gives ceil(size / reduction); valid padding (Inception, NASNet) a few pixels less
+            side = o.shape[-1]
+            assert side == 1 or spec.min_size / (2 * info.reduction) < side <= -(-spec.min_size // info.reduction), (
+                f"stage {i}: {side} pixels wide at input {spec.min_size}, feature_info says reduction {info.reduction}"
+            )
         assert torch.allclose(model.forward_head(feats), model(x), atol=1e-5)
 
 
