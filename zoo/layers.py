@@ -210,3 +210,222 @@ class InvertedResidual(nn.Module):
         out = self.bn2(self.conv_dw(self.bn1(self.conv_pw(x))))
         out = self.bn3(self.conv_pwl(out))
         return self.drop_path(out) + x if self.has_skip else out
+
+
+# NAS cell ops shared by NASNet-A, PNASNet-5 and AmoebaNet-A. TF 'SAME' padding as timm's ``create_conv2d`` /
+# ``create_pool2d`` with ``padding='same'`` (static symmetric where TF's padding is symmetric, else computed from the
+# input size) and timm's NASNet key names (``depthwise_conv2d``, ``bn_sep_1``, ``path_1``, ``final_path_bn``, ...).
+def _same_pads(size: tuple[int, ...], kernel: tuple[int, ...], stride: tuple[int, ...]) -> list[int]:
+    """F.pad amounts (left, right, top, bottom) of TF 'SAME' for a (h, w) input."""
+    pads = [max((-(-s // st) - 1) * st + k - s, 0) for s, k, st in zip(size, kernel, stride)]
+    return [pads[1] // 2, pads[1] - pads[1] // 2, pads[0] // 2, pads[0] - pads[0] // 2]
+
+
+class Conv2dSame(nn.Conv2d):
+    """Conv2d with TF 'SAME' padding computed from the input size (asymmetric for stride 2; timm's ``Conv2dSame``)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.pad(x, _same_pads(tuple(x.shape[-2:]), self.kernel_size, self.stride))
+        return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+
+
+def create_conv2d_same(
+    in_chs: int, out_chs: int, kernel_size: int | tuple[int, int], stride: int | tuple[int, int] = 1, groups: int = 1
+) -> nn.Conv2d:
+    """A bias-free conv with TF 'SAME' padding: plain symmetric padding where that equals TF's, else dynamic."""
+    ks = (kernel_size, kernel_size) if isinstance(kernel_size, int) else kernel_size
+    st = (stride, stride) if isinstance(stride, int) else stride
+    if all(s == 1 and (k - 1) % 2 == 0 for k, s in zip(ks, st)):
+        return nn.Conv2d(in_chs, out_chs, ks, st, (ks[0] // 2, ks[1] // 2), groups=groups, bias=False)
+    return Conv2dSame(in_chs, out_chs, ks, st, 0, groups=groups, bias=False)
+
+
+class Pool2dSame(nn.Module):
+    """Max or average pooling with TF 'SAME' padding computed from the input size.
+
+    As timm's ``AvgPool2dSame`` the zero padding counts in the average (TF would leave it out); timm's NASNet and
+    PNASNet ports, whose weights these models load, were validated that way.
+    """
+
+    def __init__(self, kind: str, kernel_size: int, stride: int) -> None:
+        super().__init__()
+        self.kind, self.kernel_size, self.stride = kind, kernel_size, stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        k, s = (self.kernel_size,) * 2, (self.stride,) * 2
+        if self.kind == "max":
+            return F.max_pool2d(F.pad(x, _same_pads(tuple(x.shape[-2:]), k, s), value=float("-inf")), k, s)
+        return F.avg_pool2d(F.pad(x, _same_pads(tuple(x.shape[-2:]), k, s)), k, s)
+
+    def extra_repr(self) -> str:
+        return f"{self.kind}, kernel_size={self.kernel_size}, stride={self.stride}"
+
+
+def create_pool2d_same(kind: str, kernel_size: int, stride: int = 1) -> nn.Module:
+    """``"max"`` or ``"avg"`` pooling with TF 'SAME' padding (padding left out of averages when static)."""
+    if stride == 1 and kernel_size % 2 == 1:
+        if kind == "max":
+            return nn.MaxPool2d(kernel_size, 1, kernel_size // 2)
+        return nn.AvgPool2d(kernel_size, 1, kernel_size // 2, count_include_pad=False)
+    return Pool2dSame(kind, kernel_size, stride)
+
+
+class ActConvBn(nn.Module):
+    """ReLU, conv, BatchNorm: the pre-activated conv of NAS cells (keys ``conv``, ``bn``)."""
+
+    def __init__(
+        self,
+        in_chs: int,
+        out_chs: int,
+        kernel_size: int | tuple[int, int] = 1,
+        stride: int | tuple[int, int] = 1,
+        bn_eps: float = 1e-3,
+    ) -> None:
+        super().__init__()
+        self.act = nn.ReLU()  # not inplace: a cell feeds the same input to several branches
+        self.conv = create_conv2d_same(in_chs, out_chs, kernel_size, stride)
+        self.bn = nn.BatchNorm2d(out_chs, eps=bn_eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn(self.conv(self.act(x)))
+
+
+class NasSeparableConv2d(nn.Module):
+    """Depthwise then pointwise conv with TF 'SAME' padding (keys ``depthwise_conv2d``, ``pointwise_conv2d``)."""
+
+    def __init__(self, in_chs: int, out_chs: int, kernel_size: int, stride: int = 1) -> None:
+        super().__init__()
+        self.depthwise_conv2d = create_conv2d_same(in_chs, in_chs, kernel_size, stride, groups=in_chs)
+        self.pointwise_conv2d = create_conv2d_same(in_chs, out_chs, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pointwise_conv2d(self.depthwise_conv2d(x))
+
+
+class BranchSeparables(nn.Module):
+    """Two stacked ReLU-separable conv-BN layers, the first strided: the 'sep kxk' op of NASNet-style cells.
+
+    ``mid_chs`` defaults to ``in_chs`` (NASNet's cells); stem cells and AmoebaNet widen to ``out_chs`` at once.
+    """
+
+    def __init__(
+        self, in_chs: int, out_chs: int, kernel_size: int, stride: int = 1, mid_chs: int | None = None
+    ) -> None:
+        super().__init__()
+        mid_chs = in_chs if mid_chs is None else mid_chs
+        self.act_1 = nn.ReLU()  # not inplace: the branch input is shared
+        self.separable_1 = NasSeparableConv2d(in_chs, mid_chs, kernel_size, stride)
+        self.bn_sep_1 = nn.BatchNorm2d(mid_chs, eps=1e-3)
+        self.act_2 = nn.ReLU(inplace=True)
+        self.separable_2 = NasSeparableConv2d(mid_chs, out_chs, kernel_size, 1)
+        self.bn_sep_2 = nn.BatchNorm2d(out_chs, eps=1e-3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.bn_sep_1(self.separable_1(self.act_1(x)))
+        return self.bn_sep_2(self.separable_2(self.act_2(x)))
+
+
+def factorized_paths(in_chs: int, out_chs: int) -> tuple[nn.Sequential, nn.Sequential]:
+    """The two stride-2 1x1 paths of a factorized reduction (Zoph et al. 2018), the second shifted by one pixel.
+
+    Together they see every input pixel that a single stride-2 1x1 conv would skip; ``out_chs`` is split between
+    them (the first takes the odd channel out, e.g. AmoebaNet-A's F=190 stem at 95 channels).
+    """
+    path_1 = nn.Sequential()
+    path_1.add_module("avgpool", nn.AvgPool2d(1, stride=2, count_include_pad=False))
+    path_1.add_module("conv", nn.Conv2d(in_chs, out_chs - out_chs // 2, 1, bias=False))
+    path_2 = nn.Sequential()
+    path_2.add_module("pad", nn.ZeroPad2d((-1, 1, -1, 1)))  # shift by one pixel: drop first row/col, pad at the end
+    path_2.add_module("avgpool", nn.AvgPool2d(1, stride=2, count_include_pad=False))
+    path_2.add_module("conv", nn.Conv2d(in_chs, out_chs // 2, 1, bias=False))
+    return path_1, path_2
+
+
+class FactorizedReduction(nn.Module):
+    """ReLU, then two shifted stride-2 1x1 paths concatenated and batch-normed (halves the resolution)."""
+
+    def __init__(self, in_chs: int, out_chs: int) -> None:
+        super().__init__()
+        self.act = nn.ReLU()
+        self.path_1, self.path_2 = factorized_paths(in_chs, out_chs)
+        self.final_path_bn = nn.BatchNorm2d(out_chs, eps=1e-3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.act(x)
+        return self.final_path_bn(torch.cat([self.path_1(x), self.path_2(x)], 1))
+
+
+def dilate_strides(strides: tuple[int, ...], output_stride: int, net_stride: int = 1) -> list[tuple[int, int]]:
+    """Per-stage ``(stride, dilation)`` that stop the network's stride at ``output_stride``.
+
+    Once the running stride reaches ``output_stride``, each later stride becomes a dilation instead, so later stages
+    keep the resolution and the receptive field they would have had (dilated convolution, Yu & Koltun,
+    arXiv:1511.07122; DRN, arXiv:1705.09914). Weights stay the same shape, so pretrained ones still load.
+
+    Args:
+        strides: the stride each stage would use.
+        output_stride: the largest total stride wanted.
+        net_stride: the stride already taken before the first stage (e.g. 4 after a ResNet stem).
+    """
+    plan, dilation = [], 1
+    for stride in strides:
+        if net_stride >= output_stride:
+            dilation *= stride
+            stride = 1
+        else:
+            net_stride *= stride
+        plan.append((stride, dilation))
+    return plan
+
+
+class DeformableConv2d(nn.Module):
+    """Deformable convolution v1 (Dai et al., arXiv:1703.06211): a conv whose sampling grid is shifted per pixel.
+
+    A plain conv (``conv_offset``) predicts two offsets per kernel tap and output pixel; it starts at zero, so the
+    module starts as the ordinary convolution stored in ``weight`` and a model built with it loads that conv's
+    pretrained weights unchanged (mmcv's ``DeformConv2dPack`` key layout: ``weight``, ``conv_offset.*``).
+    """
+
+    def __init__(
+        self,
+        in_chs: int,
+        out_chs: int,
+        kernel_size: int = 3,
+        stride: int = 1,
+        padding: int | None = None,
+        dilation: int = 1,
+        groups: int = 1,
+        offset_groups: int = 1,
+        bias: bool = False,
+    ) -> None:
+        super().__init__()
+        if padding is None:
+            padding = dilation * (kernel_size - 1) // 2
+        self.stride, self.padding, self.dilation = (stride, stride), (padding, padding), (dilation, dilation)
+        self.weight = nn.Parameter(torch.empty(out_chs, in_chs // groups, kernel_size, kernel_size))
+        self.bias = nn.Parameter(torch.zeros(out_chs)) if bias else None
+        self.conv_offset = nn.Conv2d(
+            in_chs, 2 * offset_groups * kernel_size * kernel_size, kernel_size, stride, padding, dilation, bias=True
+        )
+        nn.init.kaiming_uniform_(self.weight, a=5**0.5)  # nn.Conv2d's default
+        self.reset_offset()
+
+    def reset_offset(self) -> None:
+        """Zero the offset predictor: the module then computes exactly its plain convolution."""
+        nn.init.zeros_(self.conv_offset.weight)
+        nn.init.zeros_(self.conv_offset.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from torchvision.ops import deform_conv2d  # imported here: only deformable models pay for torchvision.ops
+
+        offset = self.conv_offset(x)
+        return deform_conv2d(x, offset, self.weight, self.bias, self.stride, self.padding, self.dilation)
+
+    def extra_repr(self) -> str:
+        o, i, k, _ = self.weight.shape
+        return f"{i * self.groups}, {o}, kernel_size={k}, stride={self.stride[0]}, dilation={self.dilation[0]}"
+
+    @property
+    def groups(self) -> int:
+        """Convolution groups, as the weight's shape implies (deform_conv2d infers them the same way)."""
+        return self.conv_offset.in_channels // self.weight.shape[1]
