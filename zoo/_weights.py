@@ -53,7 +53,10 @@ def _timm_state_dict(spec: ArchSpec, tag: str | None) -> tuple[StateDict, dict[s
         raise WeightsUnavailableError(f"{spec.name} has no timm weights; {_ways_out(spec)}")
     arch = spec.timm.split(".")[0]
     full = f"{arch}.{tag}" if tag else spec.timm
-    cfg = timm.models.get_pretrained_cfg(full, allow_unregistered=False)
+    try:
+        cfg = timm.models.get_pretrained_cfg(full, allow_unregistered=False)
+    except RuntimeError:  # timm raises for a tag it does not know
+        cfg = None
     if cfg is None:
         tags = [n.split(".", 1)[1] for n in timm.list_pretrained(f"{arch}.*")]
         raise WeightsUnavailableError(
