@@ -730,7 +730,6 @@ def log_classifier(
         UserError: no active run, or bad arguments.
     """
     import mlflow
-    from mlflow.tracking import MlflowClient
     from safetensors.torch import save_model
 
     if promote not in ("always", "if_better"):
@@ -770,19 +769,66 @@ def log_classifier(
     if not registered_model_name:
         return result
 
-    client = MlflowClient()
-    tags = {k: str(v) for k, v in (metrics or {}).items()}
-    tags.update({"backbone": config["backbone"], "num_classes": str(len(class_names))})
     # The logged model's own URI (models:/m-...): MLflow 3 keeps logged models outside the run's artifacts.
-    mv = mlflow.register_model(info.model_uri, registered_model_name, tags=tags)
-    result.version = int(mv.version)
-    result.registered_uri = f"models:/{registered_model_name}/{mv.version}"
-    if alias:
-        result.promoted = _should_promote(client, registered_model_name, alias, promote, metrics or {})
-        if result.promoted:
-            client.set_registered_model_alias(registered_model_name, alias, mv.version)
-            _log.info("alias %s@%s -> version %s", registered_model_name, alias, mv.version)
+    version, promoted = _register(
+        info.model_uri,
+        registered_model_name,
+        alias=alias,
+        promote=promote,
+        metrics=metrics or {},
+        tags={"backbone": config["backbone"], "num_classes": str(len(class_names))},
+    )
+    result.version, result.promoted = version, promoted
+    result.registered_uri = f"models:/{registered_model_name}/{version}"
     return result
+
+
+def _register(
+    model_uri: str, name: str, *, alias: str | None, promote: str, metrics: dict[str, float], tags: dict[str, str]
+) -> tuple[int, bool]:
+    """Register ``model_uri`` as a new version of ``name`` tagged with its metrics; move ``alias`` per ``promote``."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    mv = mlflow.register_model(model_uri, name, tags={**{k: str(v) for k, v in metrics.items()}, **tags})
+    promoted = False
+    if alias:
+        promoted = _should_promote(client, name, alias, promote, metrics)
+        if promoted:
+            client.set_registered_model_alias(name, alias, mv.version)
+            _log.info("alias %s@%s -> version %s", name, alias, mv.version)
+    return int(mv.version), promoted
+
+
+def register_version(
+    model_uri: str,
+    name: str,
+    *,
+    alias: str | None = "champion",
+    promote: str = "always",
+    tracking_uri: str | None = None,
+) -> int:
+    """Register an already logged model (``runs:/RUN/model`` or ``models:/m-...``) as a new version of ``name``.
+
+    The version is tagged with the run's metrics and backbone, like :func:`log_classifier` does. Returns the version.
+
+    Raises:
+        UserError: the model URI or the registry cannot be reached.
+    """
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    with _tracking(tracking_uri):
+        try:
+            run_id = model_uri.split("/")[1] if model_uri.startswith("runs:/") else None
+            run = mlflow.get_run(run_id) if run_id else None
+            metrics = dict(run.data.metrics) if run else {}
+            tags = {"backbone": run.data.params["backbone"]} if run and "backbone" in run.data.params else {}
+            version, _ = _register(model_uri, name, alias=alias, promote=promote, metrics=metrics, tags=tags)
+        except MlflowException as exc:
+            raise UserError(f"could not register {model_uri} as {name!r}: {_one_line(exc)}") from exc
+    return version
 
 
 def _cpu_copy(model: nn.Module) -> nn.Module:
