@@ -1,0 +1,266 @@
+"""Each strategy trains exactly the parameters it says it does, and frozen BatchNorm statistics never move."""
+
+from __future__ import annotations
+
+import copy
+import warnings
+
+import lightning as L
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+import zoo
+from transfer.module import ClassifierModule, StageProbeModule
+from transfer.recipe import OptimConfig, StrategyConfig
+from transfer.strategies import (
+    FeatureCache,
+    Full,
+    Gradual,
+    LinearProbe,
+    Partial,
+    choose_strategy,
+    count_params,
+    extract_features,
+    make_strategy,
+    weights_digest,
+)
+
+warnings.filterwarnings("ignore", ".*does not have many workers.*")
+warnings.filterwarnings("ignore", ".*module\\(s\\) in eval mode.*")
+
+NUM_CLASSES = 3
+
+
+def _model() -> nn.Module:
+    torch.manual_seed(0)
+    return zoo.create_model("resnet18", num_classes=NUM_CLASSES)
+
+
+def _loader(n: int = 16, size: int = 32) -> DataLoader:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n, 3, size, size, generator=g)
+    y = torch.randint(0, NUM_CLASSES, (n,), generator=g)
+    return DataLoader(TensorDataset(x, y), batch_size=8, shuffle=False)
+
+
+def _fit(module: L.LightningModule, epochs: int = 1, callbacks: list | None = None, loader: DataLoader | None = None):
+    trainer = L.Trainer(
+        max_epochs=epochs,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        callbacks=callbacks or [],
+        accelerator="cpu",
+    )
+    trainer.fit(module, loader or _loader())
+    return trainer
+
+
+def _snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _changed(before: dict[str, torch.Tensor], model: nn.Module) -> set[str]:
+    return {k for k, v in model.state_dict().items() if not torch.equal(before[k], v)}
+
+
+def _unit_keys(model: nn.Module) -> dict[str, set[str]]:
+    """State-dict keys per unit: stage{i}, head (classifier)."""
+    ids = {id(t): k for k, t in model.state_dict(keep_vars=True).items()}
+    out = {}
+    for i, stage in enumerate(model.stages()):
+        out[f"stage{i}"] = {ids[id(t)] for t in stage.state_dict(keep_vars=True).values()}
+    out["classifier"] = {ids[id(t)] for t in model.get_classifier().state_dict(keep_vars=True).values()}
+    return out
+
+
+def _expect(model: nn.Module, units: set[str]) -> set[str]:
+    keys = _unit_keys(model)
+    wanted = set().union(*(keys[u] for u in units))
+    return {k for k in wanted if not k.endswith("num_batches_tracked")}
+
+
+OPTIM = OptimConfig(lr=0.5, warmup_epochs=0, weight_decay=0.0)
+
+
+@pytest.mark.parametrize(
+    ("strategy", "trainable_units"),
+    [
+        (LinearProbe(cache_features=False), {"classifier"}),
+        (Partial(stages=2), {"stage3", "stage4", "classifier"}),
+        (Full(layer_decay=0.5), {"stage0", "stage1", "stage2", "stage3", "stage4", "classifier"}),
+    ],
+    ids=["linear_probe", "partial", "full"],
+)
+def test_exactly_the_intended_parameters_train(strategy, trainable_units):
+    model = _model()
+    strategy.setup(model)
+    module = ClassifierModule(model, strategy, NUM_CLASSES, optim=OPTIM, batch_size=8)
+    expected = _expect(model, trainable_units)
+    grad_names = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert grad_names == {k for k in expected if k in dict(model.named_parameters())}
+    before = _snapshot(model)
+    _fit(module)
+    changed = {k for k in _changed(before, model) if not k.endswith("num_batches_tracked")}
+    # Every parameter and BatchNorm statistic of a trainable unit moves; nothing of a frozen unit does.
+    assert changed == expected
+    frozen_bn = [
+        m for n, m in model.named_modules() if isinstance(m, nn.BatchNorm2d) and f"{n}.running_mean" not in expected
+    ]
+    for bn in frozen_bn:
+        assert not bn.training, "a frozen BatchNorm went back to train mode"
+
+
+def test_full_uses_layer_wise_lr_decay():
+    model = _model()
+    strategy = Full(layer_decay=0.5)
+    strategy.setup(model)
+    lrs = {g["name"].split(".")[0]: g["lr"] for g in strategy.param_groups(1.0, 0.01)}
+    assert lrs["classifier"] == 1.0
+    assert [lrs[f"stage{i}"] for i in range(5)] == [0.5**5, 0.5**4, 0.5**3, 0.5**2, 0.5]
+    # no weight decay on biases and BatchNorm parameters
+    for g in strategy.param_groups(1.0, 0.01):
+        assert (g["weight_decay"] == 0.0) == all(p.ndim <= 1 for p in g["params"])
+
+
+def test_partial_refuses_more_stages_than_the_backbone_has():
+    with pytest.raises(ValueError, match="more than the backbone's 5 stages"):
+        Partial(stages=6).setup(_model())
+
+
+class _Recorder(L.Callback):
+    """Which state-dict entries change during each epoch, and the BatchNorm modes seen in training steps."""
+
+    def __init__(self) -> None:
+        self.per_epoch: list[set[str]] = []
+        self.bn_training: list[dict[str, bool]] = []
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._before = _snapshot(pl_module.model)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if batch_idx == 0:
+            self.bn_training.append(
+                {n: m.training for n, m in pl_module.model.named_modules() if isinstance(m, nn.BatchNorm2d)}
+            )
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self.per_epoch.append(
+            {k for k in _changed(self._before, pl_module.model) if not k.endswith("num_batches_tracked")}
+        )
+
+
+def test_gradual_unfreezes_one_stage_per_milestone_with_fixed_param_groups():
+    model = _model()
+    strategy = Gradual(milestones=[1, 2])
+    strategy.setup(model)
+    module = ClassifierModule(model, strategy, NUM_CLASSES, optim=OPTIM, batch_size=8)
+    rec = _Recorder()
+    trainer = _fit(module, epochs=3, callbacks=[rec])
+    assert rec.per_epoch[0] == _expect(model, {"classifier"})
+    assert rec.per_epoch[1] == _expect(model, {"classifier", "stage4"})
+    assert rec.per_epoch[2] == _expect(model, {"classifier", "stage4", "stage3"})
+    # Param groups for every stage that will ever train exist from the first step.
+    names = {g["name"].split(".")[0] for g in trainer.optimizers[0].param_groups}
+    assert names == {"classifier", "stage3", "stage4"}
+    # BatchNorm of a frozen stage is in eval mode during training steps, also after validation's model.train().
+    stage2 = {n for n in rec.bn_training[0] if n.startswith("layer2")}
+    assert stage2 and not any(rec.bn_training[e][n] for e in range(3) for n in stage2)
+    assert all(rec.bn_training[2][n] for n in rec.bn_training[2] if n.startswith("layer3"))
+    assert not any(rec.bn_training[0][n] for n in rec.bn_training[0] if n.startswith("layer4"))
+
+
+def test_frozen_units_return_to_eval_after_model_train():
+    model = _model()
+    strategy = Partial(stages=1)
+    strategy.setup(model)
+    module = ClassifierModule(model, strategy, NUM_CLASSES, optim=OPTIM, batch_size=8)
+    module.eval()
+    module.train()  # what Lightning does after every validation
+    stages = model.stages()
+
+    def bn_modes(stage: nn.Module) -> set[bool]:  # stages() may wrap top-level modules in a fresh container
+        return {m.training for m in stage.modules() if isinstance(m, nn.BatchNorm2d)}
+
+    assert bn_modes(stages[0]) == bn_modes(stages[3]) == {False}
+    assert bn_modes(stages[4]) == {True}
+
+
+def test_stage_probe_trains_probes_only():
+    model = _model()
+    strategy = make_strategy("stage_probe", StrategyConfig())
+    strategy.setup(model)
+    assert not any(p.requires_grad for p in model.parameters())
+    feats = extract_features(model, _loader(), per_stage=True)
+    dims = [feats[f"stage{i}"].shape[1] for i in range(5)]
+    assert dims == [f.num_chs for f in model.feature_info]
+    module = StageProbeModule(dims, NUM_CLASSES, optim=OPTIM, batch_size=8)
+    before = copy.deepcopy(module.probes.state_dict())
+    loader = DataLoader(TensorDataset(*[feats[f"stage{i}"] for i in range(5)], feats["labels"]), batch_size=8)
+    _fit(module, loader=loader)
+    assert all(not torch.equal(before[k], v) for k, v in module.probes.state_dict().items())
+    trainable, total = count_params(model, strategy)
+    assert trainable == 0 and total == sum(p.numel() for p in model.parameters())
+
+
+def test_feature_cache_reuses_and_invalidates(tmp_path):
+    model = _model()
+    cache = FeatureCache(tmp_path)
+    loaders = {"train": _loader(8), "val": _loader(8)}
+    cfg = {"input_size": (3, 32, 32), "mean": (0.5,) * 3, "std": (0.5,) * 3}
+    a = cache.get_or_compute(model, loaders, backbone="resnet18", data_config=cfg, files="f1", per_stage=False)
+    b = cache.get_or_compute(model, loaders, backbone="resnet18", data_config=cfg, files="f1", per_stage=False)
+    assert (cache.misses, cache.hits) == (1, 1)
+    assert torch.equal(a["train"]["pre_logits"], b["train"]["pre_logits"])
+    # Changing the classifier does not change the key; changing trunk weights, files or preprocessing does.
+    digest = weights_digest(model, exclude=model.get_classifier())
+    model.get_classifier().weight.data.add_(1.0)
+    assert weights_digest(model, exclude=model.get_classifier()) == digest
+    cache.get_or_compute(model, loaders, backbone="resnet18", data_config=cfg, files="f1", per_stage=False)
+    assert cache.hits == 2
+    model.stages()[0][0].weight.data.add_(0.1)
+    cache.get_or_compute(model, loaders, backbone="resnet18", data_config=cfg, files="f1", per_stage=False)
+    cache.get_or_compute(model, loaders, backbone="resnet18", data_config=cfg, files="f2", per_stage=False)
+    cache.get_or_compute(
+        model, loaders, backbone="resnet18", data_config={**cfg, "mean": (0.4,) * 3}, files="f2", per_stage=False
+    )
+    assert cache.misses == 4
+
+
+def _separable(stage_quality: list[float], n: int = 90, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Synthetic pooled features: stage i separates 3 classes with signal strength stage_quality[i]."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(n) % 3
+    out = {"labels": y}
+    for i, q in enumerate(stage_quality):
+        centers = torch.randn(3, 16, generator=g) * q
+        out[f"stage{i}"] = centers[y] + torch.randn(n, 16, generator=g)
+    return out
+
+
+@pytest.mark.parametrize(
+    ("n_train", "quality", "expected"),
+    [
+        (300, [0.0, 0.0, 0.5, 1.0, 3.0], "linear_probe"),  # little data, last stage best: similar domain
+        (300, [0.0, 0.0, 3.0, 1.0, 0.2], "stage_probe"),  # little data, a middle stage far better: different
+        (6000, [0.0, 0.0, 0.5, 1.0, 3.0], "partial"),  # more data, similar
+        (6000, [0.0, 0.0, 3.0, 1.0, 0.1], "full"),  # more data, far domain
+    ],
+)
+def test_auto_follows_the_classic_table(n_train, quality, expected):
+    choice = choose_strategy(
+        pretrained=True, n_train=n_train, num_classes=3, stage_features=_separable(quality), n_stages=5
+    )
+    assert choice.name == expected, choice.reason
+    assert expected in choice.reason and "per class" in choice.reason
+    assert {"probe_acc_last", "probe_acc_best", "domain_gap"} <= set(choice.details)
+
+
+def test_auto_without_pretrained_weights_trains_everything():
+    choice = choose_strategy(pretrained=False, n_train=50, num_classes=2, stage_features=None, n_stages=5)
+    assert choice.name == "full" and "no pretrained weights" in choice.reason

@@ -1,0 +1,451 @@
+"""The LightningModules: a classifier over images (or cached features) and the per-stage probes.
+
+Both share the optimizers (SGD, AdamW, :class:`LARS`), the per-step warmup + cosine schedule, the linear scaling
+rule and the validation metrics (accuracy, top-5 accuracy when there are more than 5 classes, macro F1; the
+confusion matrix is made for the final model by :mod:`transfer.tracking`). Metric names are exactly
+``train_loss``, ``val_loss``, ``val_acc``, ``val_f1`` (and ``val_acc_top5``, ``lr``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LambdaLR
+from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
+
+from transfer.strategies import Strategy
+
+_log = logging.getLogger(__name__)
+
+BASE_BATCH = 256  # the linear scaling rule's reference batch (Goyal et al. 2017)
+
+
+class LARS(Optimizer):
+    """Layer-wise Adaptive Rate Scaling (You, Gitman and Ginsburg 2017, arXiv:1708.03888).
+
+    Each parameter tensor gets its own *trust ratio* ``eta * ||w|| / (||g|| + weight_decay * ||w||)``, which scales
+    the (weight-decayed) gradient before SGD with momentum::
+
+        local_lr = eta * ||w|| / (||g|| + wd * ||w||)
+        v = momentum * v + local_lr * (g + wd * w)
+        w = w - lr * v
+
+    Parameter groups with ``lars_exclude=True`` (biases and normalisation parameters, as in the paper's follow-ups)
+    skip the trust ratio and weight decay and take plain momentum SGD steps. A tensor whose weight or gradient norm
+    is zero also gets a ratio of 1.
+
+    Args:
+        params: parameters or parameter groups.
+        lr: global learning rate.
+        momentum: momentum factor.
+        weight_decay: L2 penalty folded into the gradient.
+        eta: the trust coefficient (0.001 in the paper).
+        eps: added to the denominator.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: float = 0.1,
+        momentum: float = 0.9,
+        weight_decay: float = 0.0,
+        eta: float = 0.001,
+        eps: float = 1e-9,
+    ) -> None:
+        if lr <= 0 or momentum < 0 or weight_decay < 0 or eta <= 0:
+            raise ValueError(f"invalid LARS settings lr={lr} momentum={momentum} wd={weight_decay} eta={eta}")
+        defaults = {
+            "lr": lr,
+            "momentum": momentum,
+            "weight_decay": weight_decay,
+            "eta": eta,
+            "eps": eps,
+            "lars_exclude": False,
+        }
+        super().__init__(params, defaults)
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            wd, eta, eps, mom, lr = group["weight_decay"], group["eta"], group["eps"], group["momentum"], group["lr"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue  # frozen (gradual unfreezing): no update, no decay
+                g = p.grad
+                if not group["lars_exclude"]:
+                    w_norm = torch.linalg.vector_norm(p)
+                    g_norm = torch.linalg.vector_norm(g)
+                    trust = torch.where(
+                        (w_norm > 0) & (g_norm > 0),
+                        eta * w_norm / (g_norm + wd * w_norm + eps),
+                        torch.ones_like(w_norm),
+                    )
+                    g = (g + wd * p) * trust
+                state = self.state[p]
+                if mom > 0:
+                    buf = state.get("momentum_buffer")
+                    if buf is None:
+                        buf = state["momentum_buffer"] = g.clone()
+                    else:
+                        buf.mul_(mom).add_(g)
+                    g = buf
+                p.add_(g, alpha=-lr)
+        return loss
+
+
+def warmup_cosine(warmup_steps: int, total_steps: int) -> Callable[[int], float]:
+    """LR factor per optimizer step: linear warmup to 1 over ``warmup_steps``, then cosine to 0 at ``total_steps``."""
+    warmup_steps = max(0, int(warmup_steps))
+    total_steps = max(1, int(total_steps))
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+def effective_lr(lr: float, batch_size: int, world_size: int, scale_lr: bool) -> float:
+    """The linear scaling rule: ``lr * batch_size * world_size / 256`` (world size = devices x nodes)."""
+    return lr * batch_size * world_size / BASE_BATCH if scale_lr else lr
+
+
+def build_optimizer(
+    groups: list[dict[str, Any]], name: str, lr: float, weight_decay: float, momentum: float
+) -> Optimizer:
+    """SGD (Nesterov), AdamW (beta1 = momentum) or LARS over prepared parameter groups."""
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=momentum > 0, weight_decay=weight_decay)
+    if name == "adamw":
+        return torch.optim.AdamW(groups, lr=lr, betas=(momentum, 0.999), weight_decay=weight_decay)
+    if name == "lars":
+        return LARS(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    raise ValueError(f"unknown optimizer {name!r}")
+
+
+def feature_stats(x: torch.Tensor, floor: float = 0.05) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-feature mean and std of training features (a probe trains on standardised features).
+
+    The std is floored at ``floor`` times the average std: a unit that is (almost) dead on the training images
+    but fires on others would otherwise be amplified a million times and swamp the logits.
+    """
+    x = x.float()
+    std = x.std(0, unbiased=False)
+    return x.mean(0), std.clamp(min=max(1e-6, floor * float(std.mean())))
+
+
+@torch.no_grad()
+def fold_standardization(linear: nn.Linear, mean: torch.Tensor, std: torch.Tensor) -> None:
+    """Fold ``(x - mean) / std`` into ``linear`` so that it takes raw features: ``W' = W / std``, ``b' = b - W' mean``.
+
+    A probe trained on standardised features deploys as one plain linear layer.
+    """
+    w = linear.weight / std.to(linear.weight)
+    b = linear.bias - w @ mean.to(w) if linear.bias is not None else None
+    linear.weight.copy_(w)
+    if b is not None:
+        linear.bias.copy_(b)
+
+
+class _Base(L.LightningModule):
+    """Optimizer, schedule, loss and the running train loss shared by both modules."""
+
+    def __init__(
+        self,
+        num_classes: int,
+        *,
+        optim: Any,
+        batch_size: int,
+        class_weights: torch.Tensor | None = None,
+    ) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.optim_cfg = optim
+        self.batch_size = batch_size
+        self.register_buffer("class_weights", class_weights.float() if class_weights is not None else None)
+        self.lr_effective: float | None = None
+        self._loss_sum = 0.0
+        self._loss_n = 0
+
+    def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(
+            logits.float(), y, weight=self.class_weights, label_smoothing=self.optim_cfg.label_smoothing
+        )
+
+    def _log_train_loss(self, loss: torch.Tensor, n: int) -> None:
+        # A running mean over the epoch so far: at validation time (after the last batch) it is the epoch's mean,
+        # so progress readers and the per-epoch tracker see this epoch's train_loss, not the last one's.
+        self._loss_sum += float(loss.detach()) * n
+        self._loss_n += n
+        self.log("train_loss", self._loss_sum / self._loss_n, on_step=True, on_epoch=False, prog_bar=True, batch_size=n)
+
+    def on_train_epoch_start(self) -> None:
+        self._loss_sum, self._loss_n = 0.0, 0
+
+    def param_groups(self, lr: float, weight_decay: float) -> list[dict[str, Any]]:
+        raise NotImplementedError
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        cfg = self.optim_cfg
+        world = max(1, int(self.trainer.world_size)) if self._trainer is not None else 1
+        lr = effective_lr(cfg.lr, self.batch_size, world, cfg.scale_lr)
+        self.lr_effective = lr
+        optimizer = build_optimizer(
+            self.param_groups(lr, cfg.weight_decay), cfg.name, lr, cfg.weight_decay, cfg.momentum
+        )
+        total = int(self.trainer.estimated_stepping_batches) if self._trainer is not None else 1
+        max_epochs = self.trainer.max_epochs if self._trainer is not None else None
+        steps_per_epoch = total / max_epochs if max_epochs and max_epochs > 0 else total
+        warmup = round(cfg.warmup_epochs * steps_per_epoch)
+        if warmup >= total:
+            _log.warning("optim.warmup_epochs covers the whole run: the learning rate never reaches its peak")
+        scheduler = LambdaLR(optimizer, warmup_cosine(warmup, total))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def _log_lr(self) -> None:
+        # Once per epoch (at validation end, before the epoch's trackers read the metrics): per-step logging
+        # would cost more than it tells.
+        if self._trainer is None or not self.trainer.optimizers:
+            return
+        groups = self.trainer.optimizers[0].param_groups
+        lrs = [g["lr"] for g in groups if str(g.get("name", "")).split(".")[0] == "classifier"]
+        self.log("lr", float(lrs[0] if lrs else groups[-1]["lr"]))
+
+
+class ClassifierModule(_Base):
+    """A backbone fine-tuned by a :class:`~transfer.strategies.Strategy`, on images or on cached features.
+
+    Args:
+        model: the zoo backbone, its classifier already sized for ``num_classes``.
+        strategy: set up on ``model`` (``strategy.setup(model)``).
+        num_classes: number of classes.
+        optim: a :class:`transfer.recipe.OptimConfig`.
+        batch_size: per-device batch size (for the linear scaling rule).
+        class_weights: loss weights per class, or None.
+        features: batches are ``(pre_logits features, labels)`` instead of images: only the classifier runs.
+        channels_last: use channels-last memory format (set on GPU; faster convolutions with mixed precision).
+        feature_norm: ``(mean, std)`` of the pre-logits features: the classifier sees them standardised (a probe);
+            :meth:`fold_feature_norm` folds it into the classifier for deployment.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        strategy: Strategy,
+        num_classes: int,
+        *,
+        optim: Any,
+        batch_size: int,
+        class_weights: torch.Tensor | None = None,
+        features: bool = False,
+        channels_last: bool = False,
+        feature_norm: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> None:
+        super().__init__(num_classes, optim=optim, batch_size=batch_size, class_weights=class_weights)
+        self.model = model
+        self.register_buffer("feat_mean", feature_norm[0].float() if feature_norm else None)
+        self.register_buffer("feat_std", feature_norm[1].float() if feature_norm else None)
+        self.strategy = strategy
+        self.features = features
+        self.channels_last = channels_last
+        self.val_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.val_f1 = MulticlassF1Score(num_classes, average="macro")
+        self.val_top5 = MulticlassAccuracy(num_classes, top_k=5, average="micro") if num_classes > 5 else None
+
+    def train(self, mode: bool = True) -> ClassifierModule:
+        # Lightning calls train() at every epoch start and after each validation: frozen units go back to eval.
+        super().train(mode)
+        if mode:
+            self.strategy.apply_eval()
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.features and self.feat_mean is None:
+            return self.model(x)
+        if not self.features:  # a probe over images: the frozen trunk's pre-logits, standardised
+            x = self.model.forward_head(self.model.forward_features(x), pre_logits=True)
+        if self.feat_mean is not None:
+            x = (x - self.feat_mean) / self.feat_std
+        drop = getattr(self.model, "drop_rate", 0.0) or 0.0
+        if drop > 0:
+            x = F.dropout(x, p=drop, training=self.training)
+        return self.model.get_classifier()(x)
+
+    def fold_feature_norm(self) -> None:
+        """Fold the feature standardisation into the classifier (the model then takes raw features)."""
+        if self.feat_mean is not None:
+            fold_standardization(self.model.get_classifier(), self.feat_mean, self.feat_std)
+            self.feat_mean, self.feat_std = None, None
+
+    def on_fit_start(self) -> None:
+        if self.channels_last and not self.features:
+            self.model.to(memory_format=torch.channels_last)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        if self.channels_last and not self.features and isinstance(batch, list | tuple) and batch[0].ndim == 4:
+            return [batch[0].contiguous(memory_format=torch.channels_last), *batch[1:]]
+        return batch
+
+    def on_train_epoch_start(self) -> None:
+        super().on_train_epoch_start()
+        changed = self.strategy.set_epoch(self.current_epoch)
+        self.train()  # units that just unfroze leave eval mode; frozen ones stay in it
+        if changed and self.current_epoch > 0:
+            _log.info("epoch %d: training %s", self.current_epoch, ", ".join(sorted(self.strategy.trainable_units)))
+
+    def param_groups(self, lr: float, weight_decay: float) -> list[dict[str, Any]]:
+        return self.strategy.param_groups(lr, weight_decay)
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        loss = self.loss(self(x), y)
+        self._log_train_loss(loss, len(y))
+        return loss
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        x, y = batch
+        logits = self(x)
+        self.log("val_loss", self.loss(logits, y), on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y))
+        self.val_acc.update(logits, y)
+        self.val_f1.update(logits, y)
+        if self.val_top5 is not None:
+            self.val_top5.update(logits, y)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_lr()
+        self.log("val_acc", self.val_acc.compute(), prog_bar=True)
+        self.log("val_f1", self.val_f1.compute())
+        self.val_acc.reset()
+        self.val_f1.reset()
+        if self.val_top5 is not None:
+            self.log("val_acc_top5", self.val_top5.compute())
+            self.val_top5.reset()
+
+    @torch.inference_mode()
+    def predict_logits(self, loader: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits, labels) over a loader, in eval mode."""
+        was = self.training
+        self.eval()
+        out, labels = [], []
+        for x, y in loader:
+            out.append(self(x.to(self.device)).float().cpu())
+            labels.append(torch.as_tensor(y))
+        self.train(was)
+        return torch.cat(out), torch.cat(labels)
+
+
+class StageProbeModule(_Base):
+    """Linear probes on the pooled features of every stage, trained together on cached features.
+
+    Batches are ``(stage0, stage1, ..., labels)``. ``val_acc`` is the best stage's accuracy (``val_loss`` and
+    ``val_f1`` are that stage's too); each stage's accuracy is logged as ``val_acc_stage{i}``.
+
+    Args:
+        dims: width of each stage's pooled features.
+        num_classes: number of classes.
+        stats: ``(mean, std)`` of each stage's training features: the probes see standardised features (stages
+            differ in scale by orders of magnitude); :meth:`deployable_probe` folds it back.
+        optim: a :class:`transfer.recipe.OptimConfig`.
+        batch_size: per-device batch size.
+        class_weights: loss weights per class, or None.
+    """
+
+    def __init__(
+        self,
+        dims: list[int],
+        num_classes: int,
+        *,
+        optim: Any,
+        batch_size: int,
+        class_weights: torch.Tensor | None = None,
+        stats: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
+    ) -> None:
+        super().__init__(num_classes, optim=optim, batch_size=batch_size, class_weights=class_weights)
+        self.dims = list(dims)
+        stats = stats or [(torch.zeros(d), torch.ones(d)) for d in dims]
+        for i, (mean, std) in enumerate(stats):
+            self.register_buffer(f"mean{i}", mean.float())
+            self.register_buffer(f"std{i}", std.float())
+        from transfer.strategies import init_head
+
+        self.probes = nn.ModuleList(nn.Linear(d, num_classes) for d in dims)
+        for probe in self.probes:
+            init_head(probe)
+        self.accs = nn.ModuleList(MulticlassAccuracy(num_classes, average="micro") for _ in dims)
+        self.f1s = nn.ModuleList(MulticlassF1Score(num_classes, average="macro") for _ in dims)
+        self._val_loss = torch.zeros(len(dims))
+        self._val_n = 0
+        self.last_stage_accs: list[float] = []
+
+    def forward(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
+        return [
+            probe((f - getattr(self, f"mean{i}")) / getattr(self, f"std{i}"))
+            for i, (probe, f) in enumerate(zip(self.probes, feats))
+        ]
+
+    def deployable_probe(self, stage: int) -> nn.Linear:
+        """A copy of the probe of ``stage`` that takes raw pooled features (standardisation folded in)."""
+        import copy
+
+        probe = copy.deepcopy(self.probes[stage]).cpu()
+        fold_standardization(probe, getattr(self, f"mean{stage}").cpu(), getattr(self, f"std{stage}").cpu())
+        return probe
+
+    def param_groups(self, lr: float, weight_decay: float) -> list[dict[str, Any]]:
+        from transfer.strategies import PROBE_LR_SCALE, _group
+
+        groups = []
+        for i, probe in enumerate(self.probes):
+            groups += _group(f"probe{i}", list(probe.parameters()), lr * PROBE_LR_SCALE, weight_decay)
+        for g in groups:  # the lr logger looks for the classifier group
+            if g["name"] == f"probe{len(self.probes) - 1}":
+                g["name"] = "classifier.last_probe"
+        return groups
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        *feats, y = batch
+        losses = [self.loss(logits, y) for logits in self(feats)]
+        loss = torch.stack(losses).sum()
+        self._log_train_loss(loss / len(losses), len(y))
+        return loss
+
+    def on_validation_epoch_start(self) -> None:
+        self._val_loss = torch.zeros(len(self.dims))
+        self._val_n = 0
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        *feats, y = batch
+        for i, logits in enumerate(self(feats)):
+            self._val_loss[i] += float(self.loss(logits, y)) * len(y)
+            self.accs[i].update(logits, y)
+            self.f1s[i].update(logits, y)
+        self._val_n += len(y)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_lr()
+        accs = [float(m.compute()) for m in self.accs]
+        f1s = [float(m.compute()) for m in self.f1s]
+        for m in [*self.accs, *self.f1s]:
+            m.reset()
+        best = max(range(len(accs)), key=lambda i: (accs[i], -i))
+        self.last_stage_accs = accs
+        for i, a in enumerate(accs):
+            self.log(f"val_acc_stage{i}", a)
+        self.log("val_acc", accs[best], prog_bar=True)
+        self.log("val_f1", f1s[best])
+        self.log("val_loss", float(self._val_loss[best]) / max(1, self._val_n), prog_bar=True)
+        self.log("best_stage", float(best))

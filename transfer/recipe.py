@@ -1,0 +1,518 @@
+"""The recipe: one YAML file that says what to fine-tune on what, and how.
+
+A recipe has the sections ``data``, ``model``, ``strategy``, ``optim``, ``trainer`` (passed to
+``lightning.Trainer`` as is) and ``tracking``, plus a top-level ``seed``. Only ``data.source`` and
+``model.backbone`` are required; everything else has a default (see ``recipes/quickstart.yaml``)::
+
+    recipe = load_recipe("recipes/quickstart.yaml", overrides=["model.backbone=resnet18", "trainer.max_epochs=2"])
+
+Bad recipes raise :class:`transfer.errors.UserError` with one line that names the file, the line, the key and
+what to do: ``recipe.yaml:7: data.batchsize: unknown key; did you mean batch_size?``.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import hashlib
+import importlib.resources
+import importlib.util
+import inspect
+import itertools
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
+
+from transfer.errors import UserError
+
+_log = logging.getLogger(__name__)
+
+StrategyName = Literal["auto", "linear_probe", "stage_probe", "partial", "full", "gradual"]
+STRATEGIES: tuple[str, ...] = ("auto", "linear_probe", "stage_probe", "partial", "full", "gradual")
+
+
+class _Section(BaseModel):
+    # extra="forbid" is what turns a typo into an error instead of a silently ignored key.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Section):
+    """Where the images come from and how they are fed to the model."""
+
+    source: str = Field(description="folder | file.zip | file.csv | hf:NAME | builtin:digits | builtin:lfw_faces")
+    val_source: str | None = Field(None, description="a separate validation folder; else a stratified split")
+    val_split: float = Field(0.2, gt=0.0, lt=1.0, description="fraction of each class held out for validation")
+    image_size: int | None = Field(None, ge=16, le=1024, description="square input side; default: the backbone's")
+    augment: Literal["none", "light", "medium", "heavy"] = "light"
+    batch_size: int = Field(32, ge=1)
+    num_workers: int = Field(2, ge=0)
+    balance: Literal["auto", "none", "sampler", "weights"] = Field(
+        "auto",
+        description="class imbalance: a weighted sampler, class weights in the loss, none, or auto "
+        "(loss weights when the largest class is at least twice the smallest)",
+    )
+    max_per_class: int | None = Field(None, ge=1, description="use at most this many images per class (quick runs)")
+    cache_dir: str | None = Field(
+        None, description="where datasets and cached features go; default $TRANSFER_CACHE_DIR or ~/.cache/transfer"
+    )
+
+
+class ModelConfig(_Section):
+    """The backbone and its starting weights."""
+
+    backbone: str = Field(description="a zoo model name (`transfer zoo list`)")
+    pretrained: bool | str = Field(
+        True,
+        description="as zoo.create_model: true, false, 'timm[:tag]', 'torchvision[:WEIGHTS]', a file path, or "
+        "'pkg:PACKAGE/path/in/package.pth' (a weight file shipped inside an installed Python package)",
+    )
+    drop_rate: float = Field(0.0, ge=0.0, lt=1.0, description="dropout before the classifier")
+
+
+class StrategyConfig(_Section):
+    """Which parameters train, and when."""
+
+    name: StrategyName = "auto"
+    stages: int = Field(2, ge=1, description="partial: how many of the last stages train")
+    milestones: list[int] = Field([2, 4], description="gradual: epochs at which one more stage unfreezes")
+    cache_features: bool = Field(True, description="linear_probe / stage_probe: compute frozen features once")
+    layer_decay: float = Field(0.75, gt=0.0, le=1.0, description="full: lr multiplier per stage from the top")
+
+    @field_validator("milestones")
+    @classmethod
+    def _increasing(cls, v: list[int]) -> list[int]:
+        if any(m < 1 for m in v) or any(b <= a for a, b in itertools.pairwise(v)):
+            raise ValueError(f"milestones must be strictly increasing epochs >= 1, got {v}")
+        return v
+
+
+class OptimConfig(_Section):
+    """Optimizer, schedule, loss and stopping."""
+
+    name: Literal["sgd", "adamw", "lars"] = "adamw"
+    lr: float = Field(1.0e-3, gt=0.0, description="learning rate at a batch of 256 when scale_lr is true")
+    weight_decay: float = Field(0.05, ge=0.0)
+    momentum: float = Field(0.9, ge=0.0, lt=1.0, description="sgd and lars momentum (adamw: beta1)")
+    warmup_epochs: float = Field(1.0, ge=0.0, description="linear warmup, then cosine decay to zero (per step)")
+    scale_lr: bool = Field(True, description="linear scaling rule: lr * batch_size * devices * num_nodes / 256")
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    early_stopping_patience: int | None = Field(
+        None, ge=1, description="stop after this many epochs without a better val_acc; null: never"
+    )
+
+
+class TrackingConfig(_Section):
+    """MLflow: where runs go and how the model is registered."""
+
+    uri: str = Field("sqlite:///mlflow.db", description="any MLflow tracking URI; the default is a local file")
+    experiment: str = "transfer"
+    run_name: str | None = None
+    register_as: str | None = Field(None, description="a registered model name; null: log the model, do not register")
+    alias: str | None = Field("champion", description="alias set on the new registered version")
+    promote: Literal["always", "if_better"] = Field(
+        "always", description="move the alias always, or only when val_acc beats the current holder's"
+    )
+
+
+def _default_trainer() -> dict[str, Any]:
+    return {"max_epochs": 5}
+
+
+class Recipe(_Section):
+    """A validated recipe. Build one with :func:`load_recipe` (file) or :meth:`Recipe.from_dict`."""
+
+    seed: int = 42
+    data: DataConfig
+    model: ModelConfig
+    strategy: StrategyConfig = Field(default_factory=StrategyConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    trainer: dict[str, Any] = Field(default_factory=_default_trainer, description="lightning.Trainer arguments")
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+
+    @field_validator("trainer", mode="before")
+    @classmethod
+    def _trainer_defaults(cls, v: Any) -> Any:
+        # A recipe that sets only trainer.precision still gets the default number of epochs.
+        return {**_default_trainer(), **v} if isinstance(v, dict) else v
+
+    # Where each key came from ("recipe.yaml:7" or "--set"), for error messages raised after validation.
+    _where: dict[str, str] = PrivateAttr(default_factory=dict)
+    _path: Path | None = PrivateAttr(default=None)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], *, where: dict[str, str] | None = None, path: Path | None = None) -> Recipe:
+        """Validate a plain dict (as parsed from YAML); errors name the key and, with ``where``, its line."""
+        return _validate(raw, where or {}, path)
+
+    @property
+    def path(self) -> Path | None:
+        """The file the recipe was read from, if any."""
+        return self._path
+
+    @property
+    def name(self) -> str:
+        """A short name: the recipe file's stem, else ``recipe``."""
+        return self._path.stem if self._path else "recipe"
+
+    def where(self, key: str) -> str:
+        """Where a dotted key was set (``recipe.yaml:7``, ``--set``), or the file (or ``recipe``) for defaults."""
+        while key:
+            if key in self._where:
+                return self._where[key]
+            key = key.rpartition(".")[0]
+        return self._path.name if self._path else "recipe"
+
+    def error(self, key: str, message: str) -> UserError:
+        """A :class:`UserError` for ``key`` in the format ``recipe.yaml:7: data.source: message``."""
+        return UserError(_fmt(self.where(key), key, message))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved recipe (defaults filled in) as plain data."""
+        return self.model_dump(mode="json")
+
+    def to_yaml(self) -> str:
+        """The resolved recipe as YAML; loading it again gives the same recipe."""
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None)
+
+    def digest(self) -> str:
+        """A short hash of the resolved recipe: names its run directory (same recipe, same directory)."""
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:10]
+
+    def resolve_path(self, value: str) -> Path:
+        """A path from the recipe: against the working directory, else the recipe file's folder."""
+        p = Path(value).expanduser()
+        if p.is_absolute() or p.exists() or self._path is None:
+            return p
+        beside = self._path.parent / p
+        return beside if beside.exists() else p
+
+    def resolve_pretrained(self) -> bool | str:
+        """``model.pretrained`` with ``pkg:PACKAGE/sub/path`` and relative file paths made absolute."""
+        value = self.model.pretrained
+        if not isinstance(value, str):
+            return value
+        if value.startswith("pkg:"):
+            return str(resolve_package_path(value, self.error))
+        if value.endswith((".safetensors", ".pth", ".pt", ".bin")):
+            path = self.resolve_path(value)
+            if not path.is_file():
+                raise self.error("model.pretrained", f"weight file {value!r} does not exist; give an existing file")
+            return str(path)
+        return value
+
+
+def resolve_package_path(value: str, error: Any = None) -> Path:
+    """Resolve ``pkg:PACKAGE/sub/path`` to a file inside an installed package (importlib.resources).
+
+    Raises:
+        UserError: the package is not installed or holds no such file.
+    """
+    spec = value.removeprefix("pkg:")
+    package, _, rel = spec.partition("/")
+    if not package or not rel:
+        msg = f"{value!r}: write pkg:PACKAGE/path/inside/package.pth"
+        raise error("model.pretrained", msg) if error else UserError(msg)
+    if importlib.util.find_spec(package) is None:
+        msg = f"{value!r}: Python package {package!r} is not installed; pip install it or give a weight file path"
+        raise error("model.pretrained", msg) if error else UserError(msg)
+    resource = importlib.resources.files(package).joinpath(rel)
+    if not resource.is_file():
+        msg = f"{value!r}: package {package!r} has no file {rel!r}"
+        raise error("model.pretrained", msg) if error else UserError(msg)
+    return Path(str(resource))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# YAML with line numbers
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys (plain YAML silently keeps the last one)."""
+
+
+def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+        seen.add(key)
+    return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def _line_map(node: yaml.Node | None, fname: str, prefix: str = "") -> dict[str, str]:
+    """Dotted key -> ``file:line`` for every mapping key in the document."""
+    out: dict[str, str] = {}
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            key = f"{prefix}{key_node.value}"
+            out[key] = f"{fname}:{key_node.start_mark.line + 1}"
+            out.update(_line_map(value_node, fname, key + "."))
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            key = f"{prefix.rstrip('.')}.{i}"
+            out[key] = f"{fname}:{item.start_mark.line + 1}"
+            out.update(_line_map(item, fname, key + "."))
+    return out
+
+
+def _parse_yaml(text: str, fname: str) -> tuple[Any, dict[str, str]]:
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = f"{fname}:{mark.line + 1}" if mark else fname
+        problem = (exc.problem or exc.context or "invalid YAML").strip()
+        raise UserError(f"{line}: invalid YAML: {problem}; fix the syntax") from exc
+    except yaml.YAMLError as exc:
+        raise UserError(f"{fname}: invalid YAML: {str(exc).splitlines()[0]}") from exc
+    return data, _line_map(node, fname)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Overrides
+
+
+def apply_overrides(raw: dict[str, Any], overrides: Sequence[str], where: dict[str, str]) -> dict[str, Any]:
+    """Apply ``a.b=c`` overrides (values parsed as YAML) to a raw recipe dict; records ``--set`` as their origin."""
+    raw = copy.deepcopy(raw)
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key or any(not part for part in key.split(".")):
+            raise UserError(f"--set {item}: write --set KEY=VALUE with a dotted key, e.g. --set data.batch_size=16")
+        try:
+            value = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError:
+            value = text  # an unquoted string YAML cannot parse is meant as that string
+        parts = key.split(".")
+        node = raw
+        for depth, part in enumerate(parts[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                prefix = ".".join(parts[: depth + 1])
+                raise UserError(f"--set {item}: {prefix} is a value, not a section; set {prefix}=VALUE instead")
+            node = child
+        node[parts[-1]] = value
+        for k in list(where):  # the old lines no longer describe the overridden value
+            if k == key or k.startswith(key + "."):
+                del where[k]
+        where[key] = "--set"
+    return raw
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Validation with messages a user can act on
+
+_SECTIONS: dict[str, type[BaseModel]] = {
+    "": Recipe,
+    "data": DataConfig,
+    "model": ModelConfig,
+    "strategy": StrategyConfig,
+    "optim": OptimConfig,
+    "tracking": TrackingConfig,
+}
+
+_TYPE_WORDS = {
+    "int_parsing": "expected an integer",
+    "int_type": "expected an integer",
+    "int_from_float": "expected a whole number",
+    "float_parsing": "expected a number",
+    "float_type": "expected a number",
+    "bool_parsing": "expected true or false",
+    "bool_type": "expected true or false",
+    "string_type": "expected a string",
+    "list_type": "expected a list",
+    "dict_type": "expected a mapping of keys to values",
+    "model_type": "expected a mapping of keys to values",
+    "model_attributes_type": "expected a mapping of keys to values",
+}
+
+
+def _suggest(word: str, options: Sequence[str]) -> str:
+    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
+    if close:
+        return f"did you mean {close[0]}?"
+    return f"valid keys: {', '.join(options)}"
+
+
+def _trainer_keys() -> list[str]:
+    import lightning
+
+    return [p for p in inspect.signature(lightning.Trainer.__init__).parameters if p != "self"]
+
+
+_UNION_WORDS = {"bool": "true/false", "str": "a string", "int": "an integer", "float": "a number", "none": "null"}
+
+
+def _fmt(loc: str, key: str, msg: str) -> str:
+    """``recipe.yaml:7: data.batchsize: msg``, or ``--set data.batchsize: msg`` for an override."""
+    return f"--set {key}: {msg}" if loc == "--set" else f"{loc}: {key}: {msg}"
+
+
+def _describe(errs: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """(dotted key, message) per offending key; the errors pydantic gives per union member are merged."""
+    by_key: dict[str, list[tuple[dict[str, Any], str | None]]] = {}
+    for err in errs:
+        loc = [str(p) for p in err["loc"]]
+        member = None
+        # pydantic appends the union member it tried ('bool', 'str', ...) to the location.
+        if (loc and loc[-1] in _UNION_WORDS) or (loc and loc[-1].startswith(("function-", "list["))):
+            member = loc.pop()
+        by_key.setdefault(".".join(loc), []).append((err, member))
+    out = []
+    for key, items in by_key.items():
+        members = [m for _, m in items if m in _UNION_WORDS]
+        err = items[0][0]
+        if len(members) > 1:
+            value = err.get("input")
+            out.append((key, f"expected {' or '.join(_UNION_WORDS[m] for m in members)}, got {value!r}"))
+        else:
+            out.append((key, _describe_one(key, err)))
+    return out
+
+
+def _describe_one(key: str, err: dict[str, Any]) -> str:
+    etype = err["type"]
+    if etype == "extra_forbidden":
+        section, _, leaf = key.rpartition(".")
+        model = _SECTIONS.get(section)
+        options = list(model.model_fields) if model else []
+        return f"unknown key; {_suggest(leaf, options)}" if options else "unknown key"
+    if etype == "missing":
+        return "required key is missing; add it"
+    value = err.get("input")
+    got = f", got {value!r}" if not isinstance(value, dict | list) or len(repr(value)) < 60 else ""
+    if etype in _TYPE_WORDS:
+        return f"{_TYPE_WORDS[etype]}{got}"
+    if etype == "literal_error":
+        options = [
+            o.strip().strip("'") for o in str(err.get("ctx", {}).get("expected", "")).replace(" or ", ",").split(",")
+        ]
+        options = [o for o in options if o]
+        close = difflib.get_close_matches(str(value), options, n=1, cutoff=0.5)
+        hint = f"did you mean {close[0]}? " if close else ""
+        return f"{value!r} is not one of {', '.join(options)}; {hint}".rstrip("; ").rstrip()
+    msg = err["msg"].removeprefix("Value error, ")
+    msg = msg[0].lower() + msg[1:] if msg else msg
+    return msg if etype == "value_error" else f"{msg}{got}"
+
+
+def _validate(raw: Any, where: dict[str, str], path: Path | None) -> Recipe:
+    fname = path.name if path else "recipe"
+    if raw is None:
+        raise UserError(f"{fname}: the recipe is empty; it needs at least data.source and model.backbone")
+    if not isinstance(raw, dict):
+        raise UserError(f"{fname}:1: a recipe is a mapping of sections (data:, model:, ...), got {type(raw).__name__}")
+
+    def locate(key: str) -> str:
+        k = key
+        while k:
+            if k in where:
+                return where[k]
+            k = k.rpartition(".")[0]
+        return f"{fname}:1" if path else fname
+
+    try:
+        recipe = Recipe.model_validate(raw)
+    except ValidationError as exc:
+        described = _describe(exc.errors())
+
+        def order(item: tuple[str, str]) -> int:
+            loc = locate(item[0])
+            tail = loc.rpartition(":")[2]
+            return int(tail) if tail.isdigit() else 10**9
+
+        described.sort(key=order)
+        key, msg = described[0]
+        n = len(described) - 1
+        more = f" (and {n} more problem{'s' if n > 1 else ''})" if n else ""
+        raise UserError(_fmt(locate(key), key, msg + more)) from exc
+    recipe._where = dict(where)
+    recipe._path = path
+
+    # trainer is passed to lightning.Trainer as is: check its keys here, where the line is still known.
+    valid = _trainer_keys()
+    for key in recipe.trainer:
+        if key not in valid:
+            msg = f"unknown lightning.Trainer argument; {_suggest(key, valid)}"
+            raise UserError(_fmt(locate("trainer." + key), "trainer." + key, msg))
+    for key in ("callbacks", "logger", "plugins", "profiler"):
+        if key in recipe.trainer and recipe.trainer[key] not in (None, False, True):
+            raise recipe.error(f"trainer.{key}", "only true/false/null can be given in a recipe")
+    _check_combinations(recipe)
+    return recipe
+
+
+def _check_combinations(r: Recipe) -> None:
+    """Settings that are each valid but impossible together."""
+    max_epochs = r.trainer.get("max_epochs", _default_trainer()["max_epochs"])
+    max_steps = r.trainer.get("max_steps", -1)
+    if max_epochs is not None and not isinstance(max_epochs, int):
+        raise r.error("trainer.max_epochs", f"expected an integer, got {max_epochs!r}")
+    if (max_epochs is None or max_epochs < 1) and (max_steps is None or max_steps < 1):
+        raise r.error("trainer.max_epochs", "set a positive number of epochs (the cosine schedule needs an end)")
+    if r.strategy.name == "gradual" and max_epochs and r.strategy.milestones:
+        late = [m for m in r.strategy.milestones if m >= max_epochs]
+        if late:
+            raise r.error(
+                "strategy.milestones",
+                f"milestone epochs {late} are not below trainer.max_epochs={max_epochs}, so those stages would "
+                "never unfreeze; lower them or raise trainer.max_epochs",
+            )
+    if r.tracking.promote == "if_better" and not r.tracking.register_as:
+        raise r.error("tracking.promote", "if_better compares with a registered model; set tracking.register_as")
+    if r.tracking.register_as is not None and not r.tracking.register_as.strip():
+        raise r.error("tracking.register_as", "an empty name; give a registered model name or null")
+    if r.data.val_source is not None and r.data.val_source == r.data.source:
+        raise r.error("data.val_source", "the validation source is the training source; give another folder or null")
+    if "accumulate_grad_batches" in r.trainer and r.strategy.name in ("linear_probe", "stage_probe"):
+        pass  # fine: applies to the head training too
+    if isinstance(r.model.pretrained, str) and not r.model.pretrained.strip():
+        raise r.error("model.pretrained", "an empty string; use true, false, a source or a file")
+
+
+def load_recipe(source: str | Path | dict[str, Any] | Recipe, overrides: Sequence[str] = ()) -> Recipe:
+    """Read, override and validate a recipe.
+
+    Args:
+        source: a YAML file path, a raw dict, or a :class:`Recipe` (then only the overrides are applied).
+        overrides: ``KEY=VALUE`` strings, values parsed as YAML (``trainer.max_epochs=3``, ``model.pretrained=false``).
+
+    Raises:
+        UserError: unreadable file, bad YAML, unknown key, wrong type or impossible combination; the message names
+            the file and line (or ``--set``) and the key.
+    """
+    if isinstance(source, Recipe):
+        if not overrides:
+            return source
+        where = dict(source._where)
+        raw = apply_overrides(source.to_dict(), overrides, where)
+        return _validate(raw, where, source._path)
+    if isinstance(source, dict):
+        where: dict[str, str] = {}
+        return _validate(apply_overrides(source, overrides, where), where, None)
+    path = Path(source)
+    if not path.is_file():
+        raise UserError(f"recipe {str(path)!r} does not exist; give the path of a YAML recipe (see recipes/)")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"cannot read recipe {str(path)!r}: {exc}; give a UTF-8 YAML file") from exc
+    raw, where = _parse_yaml(text, path.name)
+    if raw is None and overrides:
+        raw = {}
+    if isinstance(raw, dict):
+        raw = apply_overrides(raw, overrides, where)
+    return _validate(raw, where, path.resolve())
