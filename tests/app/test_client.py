@@ -69,3 +69,29 @@ def test_two_sessions_at_once(app_server: tuple[str, Path], tmp_path: Path) -> N
     owners = [{z.name for z in s.rglob("*.zip")} for s in sessions]
     assert all(len(o) <= 1 for o in owners)
     shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def test_bad_uploads_get_a_message_on_the_page(app_server: tuple[str, Path], tmp_path: Path) -> None:
+    from gradio_client import Client, handle_file
+
+    url, data_dir = app_server
+    evil = tmp_path / "evil.zip"
+    with zipfile.ZipFile(evil, "w") as zf:
+        zf.writestr("cats/1.png", b"x")
+        zf.writestr("../../../escaped.txt", b"gotcha")
+    c = Client(url, verbose=False)
+    summary, gallery = c.predict(handle_file(str(evil)), [], "", None, api_name="/on_load")
+    assert summary.startswith("❌") and "points outside the folder" in summary
+    assert not gallery
+    assert not list(data_dir.parent.rglob("escaped.txt"))
+
+    root = digits_folder(tmp_path / "one" / "data", classes=(5,), per_class=4)
+    one = tmp_path / "one.zip"
+    with zipfile.ZipFile(one, "w") as zf:
+        for f in sorted(root.rglob("*.png")):
+            zf.write(f, f.relative_to(root.parent))
+    summary, _ = c.predict(handle_file(str(one)), [], "", None, api_name="/on_load")
+    assert "at least 2 classes" in summary
+
+    summary, _ = c.predict(None, [], "", None, api_name="/on_load")
+    assert "upload a zip" in summary
