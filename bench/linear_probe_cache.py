@@ -3,9 +3,10 @@
 Both train the same linear classifier (same init, optimizer, schedule, standardisation) on ImageNet MobileNetV2
 features of scikit-learn's digits for 10 epochs with Lightning. The cached probe computes the features once
 (and a second run reads them from disk); the other runs the frozen backbone over every image in every epoch.
-Goal: >= 10x faster at equal accuracy.
+Goal: >= 10x faster at equal accuracy. With E epochs the first run can gain at most about E x (one feature pass
+instead of E); every later run with the same weights, preprocessing and files starts from the cache.
 
-    python bench/linear_probe_cache.py [--per-class 40] [--size 64] [--epochs 10]
+    python bench/linear_probe_cache.py [--per-class 100] [--size 64] [--epochs 10]
 """
 
 from __future__ import annotations
@@ -45,13 +46,14 @@ def _trainer(epochs: int) -> L.Trainer:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--per-class", type=int, default=40)
+    ap.add_argument("--per-class", type=int, default=100)
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--epochs", type=int, default=10)
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
     logging.getLogger("lightning").setLevel(logging.ERROR)
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    logging.getLogger("transfer").setLevel(logging.ERROR)
 
     index = build_index("builtin:digits", max_per_class=args.per_class, seed=0)
     spec = zoo.get_spec("mobilenetv2_100")
@@ -70,10 +72,12 @@ def main() -> None:
         model = copy.deepcopy(base)
         strategy = make_strategy("linear_probe", StrategyConfig(cache_features=True))
         strategy.setup(model)
+        with torch.inference_mode():  # warm-up (untimed): first-call kernel set-up is not the cache's cost
+            model.eval()(next(iter(dm.eval_loader("val", 32)))[0])
         t0 = time.perf_counter()
         feats = cache.get_or_compute(
             model,
-            {"train": dm.eval_loader("train", 64), "val": dm.eval_loader("val", 64)},
+            {"train": dm.eval_loader("train", 32), "val": dm.eval_loader("val", 32)},
             backbone=spec.name,
             data_config=cfg,
             files=index.fingerprint(),
@@ -86,6 +90,8 @@ def main() -> None:
         )
         tensors = {s: [feats[s]["pre_logits"], feats[s]["labels"]] for s in ("train", "val")}
         tl, vl = _tensor_loaders(tensors, 32, None, 0)
+        # Warm-up (untimed): Lightning's one-time imports and set-up would otherwise be charged to the first fit.
+        _trainer(1).fit(copy.deepcopy(module), tl, vl)
         L.seed_everything(1, verbose=False)
         t1 = time.perf_counter()
         tr = _trainer(args.epochs)
@@ -95,7 +101,7 @@ def main() -> None:
         t2 = time.perf_counter()  # a second run: the cache on disk
         cache.get_or_compute(
             model,
-            {"train": dm.eval_loader("train", 64), "val": dm.eval_loader("val", 64)},
+            {"train": dm.eval_loader("train", 32), "val": dm.eval_loader("val", 32)},
             backbone=spec.name,
             data_config=cfg,
             files=index.fingerprint(),

@@ -199,7 +199,7 @@ def confusion_png(cm: np.ndarray, classes: list[str], path: Path, title: str = "
     im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="fraction of the true class")
     if k <= 40:
-        ax.set_xticks(range(k), labels=classes, rotation=90 if k > 8 else 0, fontsize=8)
+        ax.set_xticks(range(k), labels=classes, rotation=90 if k > 8 and max(map(len, classes)) > 3 else 0, fontsize=8)
         ax.set_yticks(range(k), labels=classes, fontsize=8)
     if k <= 25:
         for i in range(k):
@@ -227,10 +227,12 @@ def log_reports(
 ) -> dict[str, float]:
     """Log the confusion matrix PNG and the per-class report (JSON and CSV) of the final model; returns metrics."""
     import mlflow
-    from sklearn.metrics import confusion_matrix, f1_score
+    import torch
+    from sklearn.metrics import f1_score
+    from torchmetrics.functional.classification import multiclass_confusion_matrix
 
     pred = logits.argmax(1)
-    cm = confusion_matrix(labels, pred, labels=list(range(len(classes))))
+    cm = multiclass_confusion_matrix(torch.as_tensor(pred), torch.as_tensor(labels), num_classes=len(classes)).numpy()
     report = classification_report(labels, pred, classes)
     metrics = {"val_acc": float((pred == labels).mean()), "val_f1": float(f1_score(labels, pred, average="macro"))}
     if len(classes) > 5:

@@ -375,8 +375,8 @@ def fit(
         feats = cache.get_or_compute(
             model,
             {
-                "train": dm.eval_loader("train", 2 * r.data.batch_size),
-                "val": dm.eval_loader("val", 2 * r.data.batch_size),
+                "train": dm.eval_loader("train"),
+                "val": dm.eval_loader("val"),
             },
             backbone=spec.name,
             data_config=data_config,
