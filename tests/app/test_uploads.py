@@ -99,3 +99,34 @@ def test_sessions_are_isolated(tmp_path: Path, digits_zip: Path) -> None:
 def test_session_id_cannot_escape(tmp_path: Path) -> None:
     s = Session.create(tmp_path / "base", "../../etc", "sqlite:///x.db")
     assert s.root.is_relative_to((tmp_path / "base" / "sessions").resolve())
+
+
+def test_cancel_stops_a_running_fit_cleanly(session: Session, digits_zip: Path) -> None:
+    """Cancel = SIGINT to the `transfer fit` subprocess: it stops mid-training and marks its MLflow run KILLED."""
+    import time
+
+    import mlflow
+
+    session.load_zip(digits_zip)
+    recipe = {
+        "data": {"image_size": 32, "batch_size": 4, "num_workers": 0, "augment": "none"},
+        "model": {"backbone": "resnet18", "pretrained": False},
+        "strategy": {"name": "full"},
+        "trainer": {"max_epochs": 200, "enable_progress_bar": False},
+        "tracking": {"register_as": "never-registered"},
+    }
+    session.start(session.write_recipe(recipe))
+    deadline = time.monotonic() + 180
+    while not any(e["event"] == "step" for e in session.events()):
+        assert session.running, session.log_tail(20)
+        assert time.monotonic() < deadline, "training never started"
+        time.sleep(0.5)
+    t0 = time.monotonic()
+    session.cancel()
+    assert not session.running and time.monotonic() - t0 < 30
+    result = session.finish()
+    assert result["returncode"] != 0 and "run_id" not in result
+    client = mlflow.tracking.MlflowClient(tracking_uri=session.tracking_uri)
+    runs = client.search_runs([client.get_experiment_by_name("transfer").experiment_id])
+    assert [r.info.status for r in runs] == ["KILLED"]
+    assert not client.search_registered_models()
