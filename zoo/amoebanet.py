@@ -38,6 +38,7 @@ from zoo.layers import (
     ConvNormAct,
     DropPath,
     FactorizedReduction,
+    cell_stages,
     create_conv2d_same,
     create_pool2d_same,
 )
@@ -239,13 +240,7 @@ class AmoebaNet(Backbone):
 
     def stages(self) -> list[nn.Module]:
         """conv0, cell_stem_0, then three ``nn.ModuleList`` groups of cells (run through ``forward_stages``)."""
-        groups: list[list[nn.Module]] = [[]]
-        for name in self.layer_names:
-            groups[-1].append(getattr(self, name))
-            if name in self._stage_ends:
-                groups.append([])
-        groups[-2].append(self.act)
-        return [self.conv0, self.cell_stem_0] + [nn.ModuleList(g) for g in groups[:-1]]
+        return cell_stages(self, [self.conv0, self.cell_stem_0])
 
     def forward_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
         x_prev = self.conv0(x)

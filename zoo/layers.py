@@ -429,3 +429,19 @@ class DeformableConv2d(nn.Module):
     def groups(self) -> int:
         """Convolution groups, as the weight's shape implies (deform_conv2d infers them the same way)."""
         return self.conv_offset.in_channels // self.weight.shape[1]
+
+
+def cell_stages(model: nn.Module, stem: list[nn.Module]) -> list[nn.Module]:
+    """Stages of a NAS cell network (NASNet, PNASNet, AmoebaNet): the stem modules, then one parameter group per
+    resolution, cut after each name in ``model._stage_ends``, the final activation in the last group.
+
+    Cells take two inputs, so the groups are ``nn.ModuleList``s for freezing, not callables; the family's
+    ``forward_stages`` runs them.
+    """
+    groups: list[list[nn.Module]] = [[]]
+    for name in model.layer_names:
+        groups[-1].append(getattr(model, name))
+        if name in model._stage_ends:
+            groups.append([])
+    groups[-2].append(model.act)
+    return [*stem, *(nn.ModuleList(g) for g in groups[:-1])]

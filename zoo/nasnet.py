@@ -24,7 +24,7 @@ from torch import nn
 
 from zoo._backbone import Backbone, FeatureInfo, linear_or_identity
 from zoo._registry import INCEPTION_MEAN, INCEPTION_STD, register_model
-from zoo.layers import ActConvBn, BranchSeparables, ConvNormAct, create_pool2d_same, factorized_paths
+from zoo.layers import ActConvBn, BranchSeparables, ConvNormAct, cell_stages, create_pool2d_same, factorized_paths
 
 _BN = partial(nn.BatchNorm2d, eps=1e-3)
 
@@ -219,13 +219,7 @@ class NASNetALarge(Backbone):
         The grouped stages are ``nn.ModuleList`` parameter groups: cells take two inputs, so run them through
         ``forward_stages``/``forward_features`` rather than calling a group.
         """
-        groups: list[list[nn.Module]] = [[]]
-        for name in self.layer_names:
-            groups[-1].append(getattr(self, name))
-            if name in self._stage_ends:
-                groups.append([])
-        groups[-2].append(self.act)
-        return [self.conv0, self.cell_stem_0] + [nn.ModuleList(g) for g in groups[:-1]]
+        return cell_stages(self, [self.conv0, self.cell_stem_0])
 
     def forward_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
         x_prev = self.conv0(x)

@@ -31,6 +31,7 @@ from zoo.layers import (
     BranchSeparables,
     ConvNormAct,
     FactorizedReduction,
+    cell_stages,
     create_conv2d_same,
     create_pool2d_same,
 )
@@ -169,13 +170,7 @@ class PNASNet5Large(Backbone):
 
     def stages(self) -> list[nn.Module]:
         """conv_0, cell_stem_0, then three ``nn.ModuleList`` groups of cells (run through ``forward_stages``)."""
-        groups: list[list[nn.Module]] = [[]]
-        for name in self.layer_names:
-            groups[-1].append(getattr(self, name))
-            if name in self._stage_ends:
-                groups.append([])
-        groups[-2].append(self.act)
-        return [self.conv_0, self.cell_stem_0] + [nn.ModuleList(g) for g in groups[:-1]]
+        return cell_stages(self, [self.conv_0, self.cell_stem_0])
 
     def forward_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
         x_prev = self.conv_0(x)
