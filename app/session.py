@@ -22,7 +22,14 @@ from typing import Any
 
 import yaml
 
-from transfer.data import IMAGE_EXTENSIONS, ScanResult, check_image, safe_extract_zip, scan_folder
+from transfer.data import (
+    IMAGE_EXTENSIONS,
+    ScanResult,
+    check_image,
+    descend_wrappers,
+    safe_extract_zip,
+    scan_folder,
+)
 from transfer.errors import UserError
 from transfer.progress import ENV_VAR, read_events
 
@@ -68,16 +75,7 @@ class Session:
             raise UserError(
                 f"the zip is {zip_path.stat().st_size / 1e6:.0f} MB; the limit is {MAX_UPLOAD_BYTES / 1e6:.0f} MB"
             )
-        folder = safe_extract_zip(zip_path, self.root / "uploads")
-        # a zip holding one wrapper folder (data/<class>/...) is common: look inside it
-        while True:
-            entries = [e for e in folder.iterdir() if not e.name.startswith((".", "__MACOSX"))]
-            if len(entries) == 1 and entries[0].is_dir():
-                sub = [e for e in entries[0].iterdir() if e.is_dir()]
-                if sub:
-                    folder = entries[0]
-                    continue
-            break
+        folder = descend_wrappers(safe_extract_zip(zip_path, self.root / "uploads"))
         return self._use_folder(folder)
 
     def load_images(self, paths: list[str], labels: list[str]) -> ScanResult:

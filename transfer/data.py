@@ -258,13 +258,16 @@ def safe_extract_zip(path: Path, target_root: Path) -> Path:
     return target
 
 
-def _descend(root: Path) -> Path:
-    """Skip wrapper folders (``data.zip`` holding ``data/<class>/...``)."""
+def descend_wrappers(root: Path) -> Path:
+    """Skip wrapper folders (``data.zip`` holding ``data/<class>/...``).
+
+    A lone folder is only a wrapper when it holds folders itself: a zip of one class folder stays as it is, so
+    the scan reports "1 class" rather than "images but no class folders".
+    """
     while True:
         entries = [e for e in root.iterdir() if not _ignored(e.name)]
-        dirs = [e for e in entries if e.is_dir()]
-        if len(dirs) == 1 and len(entries) == 1:
-            root = dirs[0]
+        if len(entries) == 1 and entries[0].is_dir() and any(e.is_dir() for e in entries[0].iterdir()):
+            root = entries[0]
         else:
             return root
 
@@ -538,7 +541,7 @@ def _resolve(source: str, root: Path, resolve_path: Callable[[str], Path]) -> tu
             f"data source {source!r} does not exist; give a folder, a .zip, a .csv, hf:NAME or builtin:digits"
         )
     if path.is_file() and path.suffix.lower() == ".zip":
-        path = _descend(safe_extract_zip(path, root))
+        path = descend_wrappers(safe_extract_zip(path, root))
     elif path.is_file() and path.suffix.lower() == ".csv":
         return "csv", path
     elif path.is_file():
