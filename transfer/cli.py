@@ -79,6 +79,8 @@ def _fit(args: argparse.Namespace) -> int:
     from transfer.train import fit
 
     result = fit(args.recipe, overrides=args.set, resume=args.resume)
+    if result.rank:  # under DDP, rank zero reports for every rank
+        return 0
     print(f"run_id: {result.run_id}")
     print(f"model_uri: {result.model_uri}")
     if result.registered_uri:

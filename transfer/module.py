@@ -191,7 +191,16 @@ class _Base(L.LightningModule):
         # so progress readers and the per-epoch tracker see this epoch's train_loss, not the last one's.
         self._loss_sum += float(loss.detach()) * n
         self._loss_n += n
-        self.log("train_loss", self._loss_sum / self._loss_n, on_step=True, on_epoch=False, prog_bar=True, batch_size=n)
+        # sync_dist: under DDP the logged value is the mean over ranks (a no-op on one device).
+        self.log(
+            "train_loss",
+            self._loss_sum / self._loss_n,
+            on_step=True,
+            on_epoch=False,
+            prog_bar=True,
+            batch_size=n,
+            sync_dist=True,
+        )
 
     def on_train_epoch_start(self) -> None:
         self._loss_sum, self._loss_n = 0.0, 0
@@ -292,8 +301,15 @@ class ClassifierModule(_Base):
             self.feat_mean, self.feat_std = None, None
 
     def on_fit_start(self) -> None:
+        # Under DDP Lightning has just swapped every BatchNorm for a synchronised one: the strategy must hold the
+        # new modules, or frozen ones would slip back into train mode.
+        self.strategy.rebind(self.model)
         if self.channels_last and not self.features:
             self.model.to(memory_format=torch.channels_last)
+
+    def ddp_pending_parameters(self) -> list[nn.Parameter]:
+        """Parameters frozen now that unfreeze later (see :class:`transfer.distributed.TransferDDPStrategy`)."""
+        return [] if self.features else self.strategy.pending_parameters()
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         if self.channels_last and not self.features and isinstance(batch, list | tuple) and batch[0].ndim == 4:
@@ -319,7 +335,15 @@ class ClassifierModule(_Base):
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         x, y = batch
         logits = self(x)
-        self.log("val_loss", self.loss(logits, y), on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y))
+        self.log(
+            "val_loss",
+            self.loss(logits, y),
+            on_step=False,
+            on_epoch=True,
+            prog_bar=True,
+            batch_size=len(y),
+            sync_dist=True,
+        )
         self.val_acc.update(logits, y)
         self.val_f1.update(logits, y)
         if self.val_top5 is not None:
@@ -327,12 +351,13 @@ class ClassifierModule(_Base):
 
     def on_validation_epoch_end(self) -> None:
         self._log_lr()
-        self.log("val_acc", self.val_acc.compute(), prog_bar=True)
-        self.log("val_f1", self.val_f1.compute())
+        # torchmetrics' compute() gathers every rank's counts: the values are global already.
+        self.log("val_acc", self.val_acc.compute(), prog_bar=True, sync_dist=True)
+        self.log("val_f1", self.val_f1.compute(), sync_dist=True)
         self.val_acc.reset()
         self.val_f1.reset()
         if self.val_top5 is not None:
-            self.log("val_acc_top5", self.val_top5.compute())
+            self.log("val_acc_top5", self.val_top5.compute(), sync_dist=True)
             self.val_top5.reset()
 
     @torch.inference_mode()
@@ -442,10 +467,15 @@ class StageProbeModule(_Base):
         for m in [*self.accs, *self.f1s]:
             m.reset()
         best = max(range(len(accs)), key=lambda i: (accs[i], -i))
+        # The losses are per-rank sums: add them up over ranks (a no-op on one device).
+        sums = torch.cat([self._val_loss, torch.tensor([float(self._val_n)])]).to(self.device)
+        if self._trainer is not None:
+            sums = self.trainer.strategy.reduce(sums, reduce_op="sum")
+        val_loss, val_n = sums[:-1].cpu(), float(sums[-1])
         self.last_stage_accs = accs
         for i, a in enumerate(accs):
             self.log(f"val_acc_stage{i}", a)
         self.log("val_acc", accs[best], prog_bar=True)
         self.log("val_f1", f1s[best])
-        self.log("val_loss", float(self._val_loss[best]) / max(1, self._val_n), prog_bar=True)
+        self.log("val_loss", float(val_loss[best]) / max(1.0, val_n), prog_bar=True)
         self.log("best_stage", float(best))

@@ -109,7 +109,10 @@ class OptimConfig(_Section):
 class TrackingConfig(_Section):
     """MLflow: where runs go and how the model is registered."""
 
-    uri: str = Field("sqlite:///mlflow.db", description="any MLflow tracking URI; the default is a local file")
+    uri: str = Field(
+        "sqlite:///mlflow.db",
+        description="any MLflow tracking URI; when not set: $MLFLOW_TRACKING_URI, else this local file",
+    )
     experiment: str = "transfer"
     run_name: str | None = None
     register_as: str | None = Field(None, description="a registered model name; null: log the model, do not register")

@@ -183,6 +183,19 @@ class Strategy:
                 for m in modules:
                     m.eval()
 
+    def rebind(self, model: nn.Module) -> None:
+        """Find the units again after modules were swapped inside ``model`` (Lightning's layer sync replaces every
+        BatchNorm when DDP starts); the trainable set and eval modes carry over."""
+        self.units = Units.of(model)
+        self.apply_eval()
+
+    def pending_parameters(self) -> list[nn.Parameter]:
+        """Parameters frozen now that train at a later epoch (``gradual``): DDP must register them from the start."""
+        assert self.units is not None
+        ever = self.ever_trainable(self.units.num_stages)
+        modules = self._unit_modules()
+        return [p for name in sorted(ever - self._trainable) for p in _params(modules.get(name, []))]
+
     @property
     def trainable_units(self) -> set[str]:
         """The units training now."""
@@ -462,17 +475,25 @@ class FeatureCache:
         )
         self.last_key = key
         cached = self.load(key)
-        if cached is not None and all(s in cached and cached[s] for s in loaders):
-            self.hits += 1
-            _log.info("feature cache hit: %s", self.path(key))
-            return cached
-        self.misses += 1
-        _log.info("computing frozen features of %s (cache miss: %s)", ", ".join(loaders), self.path(key))
-        feats = {
-            split: extract_features(model, dl, per_stage=per_stage, device=device) for split, dl in loaders.items()
-        }
-        self.save(key, feats)
-        return feats
+        if cached is None or not all(s in cached and cached[s] for s in loaders):
+            from filelock import FileLock
+
+            # One process computes, the others (DDP ranks, parallel runs) wait for the lock and then read the file.
+            self.path(key).parent.mkdir(parents=True, exist_ok=True)
+            with FileLock(str(self.path(key)) + ".lock"):
+                cached = self.load(key)
+                if cached is None or not all(s in cached and cached[s] for s in loaders):
+                    self.misses += 1
+                    _log.info("computing frozen features of %s (cache miss: %s)", ", ".join(loaders), self.path(key))
+                    feats = {
+                        split: extract_features(model, dl, per_stage=per_stage, device=device)
+                        for split, dl in loaders.items()
+                    }
+                    self.save(key, feats)
+                    return feats
+        self.hits += 1
+        _log.info("feature cache hit: %s", self.path(key))
+        return cached
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -6,6 +6,10 @@ training starts. Per epoch the run gets ``train_loss``, ``val_loss``, ``val_acc`
 and ``lr``, and ``val_acc_stage{i}`` for a stage probe), at step = epoch. At the end it gets the resolved recipe
 (``recipe.yaml``), a confusion-matrix plot (``confusion_matrix.png``), a per-class report
 (``per_class_report.json`` and ``.csv``) and the model, logged by :func:`transfer.serving.log_classifier`.
+
+A server that goes away in the middle of a run does not stop the training: the epoch metrics wait in
+``pending_metrics.jsonl`` in the run directory, the checkpoints are written as usual, and ``transfer fit --resume``
+sends what is pending, logs the model and registers it once the server answers again.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import os
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -79,6 +84,22 @@ def check_uri(uri: str) -> str:
                 f"MLflow server {uri} is unreachable ({reason}); start it (mlflow server) or set tracking.uri, e.g. "
                 "sqlite:///mlflow.db"
             ) from exc
+        # /health answers any Host, the API only the server's --allowed-hosts: ask the API too, before training.
+        api = uri.rstrip("/") + "/api/2.0/mlflow/experiments/search?max_results=1"
+        try:
+            with urllib.request.urlopen(api, timeout=10):
+                pass
+        except urllib.error.HTTPError as exc:
+            if exc.code == 403:
+                host = urllib.parse.urlsplit(uri).netloc
+                raise UserError(
+                    f"MLflow server {uri} refuses this client (HTTP 403): start it with --allowed-hosts including "
+                    f"{host}, or reach it by an address it allows"
+                ) from exc
+            if exc.code not in (401,):  # 401: a server with auth; MLflow's client sends the credentials
+                raise UserError(f"MLflow server {uri} answers HTTP {exc.code} to API calls; check the server") from exc
+        except (OSError, ValueError) as exc:
+            raise UserError(f"MLflow server {uri} does not answer API calls ({exc}); check the server") from exc
         return uri
     if uri.startswith("file:") or "://" not in uri:
         folder = Path(uri.removeprefix("file://").removeprefix("file:")).expanduser().resolve()
@@ -86,6 +107,52 @@ def check_uri(uri: str) -> str:
         if not parent.exists() or not os.access(parent, os.W_OK):
             raise UserError(f"tracking.uri {uri!r}: {parent} does not exist or is not writable; set tracking.uri")
     return uri
+
+
+def is_remote(uri: str) -> bool:
+    """Whether ``uri`` is a tracking server (as opposed to a local store)."""
+    return uri.startswith(("http://", "https://"))
+
+
+def server_answers(uri: str, timeout: float = 5.0) -> bool:
+    """True when ``uri`` is a local store, or a server whose ``/health`` answers within ``timeout`` seconds."""
+    if not is_remote(uri):
+        return True
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as resp:
+            return resp.status < 400
+    except (OSError, ValueError):
+        return False
+
+
+@contextlib.contextmanager
+def no_retries() -> Iterator[None]:
+    """MLflow's HTTP client without its retries (about four minutes of backoff per call by default), for calls to
+    a server already known to be away."""
+    keys = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
+    old = {k: os.environ.get(k) for k in keys}
+    os.environ.update(keys)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def end_run(uri: str, status: str) -> None:
+    """End the active run; when the server is away, just forget it locally (a resume reopens it)."""
+    import mlflow
+
+    with quiet_mlflow():
+        if server_answers(uri):
+            with contextlib.suppress(Exception):
+                mlflow.end_run(status=status)
+            return
+        with no_retries(), contextlib.suppress(Exception):
+            mlflow.end_run(status=status)  # pops the run first, then fails to reach the server
 
 
 @contextlib.contextmanager
@@ -106,7 +173,16 @@ def start_run(uri: str, experiment: str, run_id: str | None = None, run_name: st
     """Point MLflow at ``uri`` and start (or, with ``run_id``, reopen) a run in ``experiment``."""
     import mlflow
 
+    # The registry lives beside the runs. MLflow also exports both URIs as environment variables: the process's
+    # own stay as the user set them, so a later fit of a recipe without tracking.uri does not inherit this one.
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
     mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
     try:
         with quiet_mlflow():
             if run_id is None:
@@ -138,11 +214,25 @@ def log_params(params: dict[str, Any]) -> None:
 
 
 class EpochMetrics(L.Callback):
-    """Logs the epoch's metrics to an MLflow run at step = epoch (names exactly as in :data:`EPOCH_METRICS`)."""
+    """Logs the epoch's metrics to an MLflow run at step = epoch (names exactly as in :data:`EPOCH_METRICS`).
 
-    def __init__(self, run_id: str, extra_prefixes: Sequence[str] = ("val_acc_stage",)) -> None:
+    When the tracking server does not answer, the metrics are appended to ``pending`` (JSON lines) instead and
+    training goes on; they are sent, in order, as soon as the server answers again (a later epoch, or a resume).
+    """
+
+    def __init__(
+        self,
+        run_id: str,
+        extra_prefixes: Sequence[str] = ("val_acc_stage",),
+        *,
+        tracking_uri: str = "",
+        pending: str | Path | None = None,
+    ) -> None:
         self.run_id = run_id
         self.extra_prefixes = tuple(extra_prefixes)
+        self.tracking_uri = tracking_uri
+        self.pending = Path(pending) if pending else None
+        self._warned = False
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # A resumed run restarts from a checkpoint written at the end of an epoch whose end hooks may run again:
@@ -151,8 +241,10 @@ class EpochMetrics(L.Callback):
         if trainer.is_global_zero:
             from mlflow.tracking import MlflowClient
 
+            self.flush()
             with contextlib.suppress(Exception):
                 self._done = {m.step for m in MlflowClient().get_metric_history(self.run_id, "train_loss")}
+            self._done |= self._pending_steps()
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.is_global_zero or trainer.sanity_checking:
@@ -161,7 +253,6 @@ class EpochMetrics(L.Callback):
             return
         self._done = {*getattr(self, "_done", set()), trainer.current_epoch}
         from mlflow.entities import Metric
-        from mlflow.tracking import MlflowClient
 
         ts = int(time.time() * 1000)
         metrics = []
@@ -169,7 +260,57 @@ class EpochMetrics(L.Callback):
             if k in EPOCH_METRICS or k.startswith(self.extra_prefixes):
                 metrics.append(Metric(k, float(v), ts, trainer.current_epoch))
         if metrics:
+            self._send(metrics, trainer.current_epoch)
+
+    def _send(self, metrics: list[Any], epoch: int) -> None:
+        from mlflow.tracking import MlflowClient
+
+        try:
+            if not server_answers(self.tracking_uri):
+                raise OSError("no answer")
+            self.flush()
             MlflowClient().log_batch(self.run_id, metrics=metrics)
+            return
+        except Exception as exc:  # the server went away: keep the metrics, keep training
+            if self.pending is None:
+                raise
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        self.pending.parent.mkdir(parents=True, exist_ok=True)
+        with self.pending.open("a") as f:
+            for m in metrics:
+                f.write(json.dumps({"key": m.key, "value": m.value, "timestamp": m.timestamp, "step": m.step}) + "\n")
+        if not self._warned:
+            _log.warning(
+                "MLflow server %s does not answer (%s) at epoch %d: training goes on, metrics wait in %s and are "
+                "sent when it is back (or by `transfer fit --resume`)",
+                self.tracking_uri,
+                reason,
+                epoch,
+                self.pending,
+            )
+            self._warned = True
+
+    def _pending_steps(self) -> set[int]:
+        if self.pending is None or not self.pending.is_file():
+            return set()
+        return {int(json.loads(line)["step"]) for line in self.pending.read_text().splitlines() if line.strip()}
+
+    def flush(self) -> bool:
+        """Send the pending metrics, if any (True when nothing is left pending)."""
+        if self.pending is None or not self.pending.is_file():
+            return True
+        if not server_answers(self.tracking_uri):
+            return False
+        from mlflow.entities import Metric
+        from mlflow.tracking import MlflowClient
+
+        rows = [json.loads(line) for line in self.pending.read_text().splitlines() if line.strip()]
+        metrics = [Metric(r["key"], float(r["value"]), int(r["timestamp"]), int(r["step"])) for r in rows]
+        for i in range(0, len(metrics), 500):  # MLflow takes at most 1000 metrics per batch
+            MlflowClient().log_batch(self.run_id, metrics=metrics[i : i + 500])
+        self.pending.unlink()
+        _log.info("sent %d pending metric values to %s", len(metrics), self.tracking_uri)
+        return True
 
 
 def classification_report(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str]) -> list[dict[str, Any]]:

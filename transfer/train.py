@@ -49,6 +49,8 @@ class FitResult:
         version: the registered model version, or None.
         promoted: whether the alias moved to this version.
         best_stage: the stage a stage probe picked, else None.
+        params: the params logged to MLflow.
+        rank: this process's global rank under DDP (only rank zero logs; others return ``registered_uri=None``).
     """
 
     run_id: str
@@ -62,6 +64,7 @@ class FitResult:
     promoted: bool = False
     best_stage: int | None = None
     params: dict[str, Any] = field(default_factory=dict)
+    rank: int = 0
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -150,6 +153,14 @@ def _check_model_keys(recipe: Recipe) -> None:
     recipe.resolve_pretrained()
 
 
+def _tracking_uri(recipe: Recipe) -> str:
+    """``tracking.uri`` when the recipe sets it, else ``$MLFLOW_TRACKING_URI`` (as every MLflow tool), else the
+    local default ``sqlite:///mlflow.db``."""
+    if "uri" in recipe.tracking.model_fields_set:
+        return recipe.tracking.uri
+    return os.environ.get("MLFLOW_TRACKING_URI") or recipe.tracking.uri
+
+
 def _data_config(recipe: Recipe, spec: Any) -> dict[str, Any]:
     size = recipe.data.image_size or int(spec.input_size[-1])
     if size < spec.min_size:
@@ -160,8 +171,7 @@ def _data_config(recipe: Recipe, spec: Any) -> dict[str, Any]:
 
 
 def _feature_device(recipe: Recipe) -> str:
-    acc = str(recipe.trainer.get("accelerator", "auto"))
-    return "cuda" if torch.cuda.is_available() and acc in ("auto", "gpu", "cuda") else "cpu"
+    return "cuda" if _on_gpu(recipe) else "cpu"
 
 
 def _subsample_loader(dm: Any, per_class: int, cap: int, seed: int) -> Any:
@@ -231,6 +241,14 @@ def _tensor_loaders(
     return tl, vl
 
 
+DDP_STRATEGIES = ("ddp", "ddp_find_unused_parameters_true", "ddp_find_unused_parameters_false")
+SYNC_BN_BELOW = 32  # per-device batches smaller than this get synchronised BatchNorm under DDP by default
+
+
+def _on_gpu(recipe: Recipe) -> bool:
+    return torch.cuda.is_available() and str(recipe.trainer.get("accelerator", "auto")) in ("auto", "gpu", "cuda")
+
+
 def _trainer_kwargs(recipe: Recipe, run_dir: Path) -> dict[str, Any]:
     kw: dict[str, Any] = {
         "precision": "bf16-mixed" if torch.cuda.is_available() else "32-true",
@@ -243,6 +261,19 @@ def _trainer_kwargs(recipe: Recipe, run_dir: Path) -> dict[str, Any]:
     kw["default_root_dir"] = str(run_dir)
     if kw.get("logger") is True:
         kw["logger"] = False  # our MLflow tracking is the logger; a second default one would write lightning_logs
+    sync_bn = kw.pop("sync_batchnorm", None)
+    if kw.get("strategy") in DDP_STRATEGIES:
+        from transfer.distributed import BatchNormSync, TransferDDPStrategy
+
+        # Our DDP: it registers the stages that unfreeze later (gradual) and syncs BatchNorm on CPU (gloo) too.
+        find_unused = kw["strategy"] == "ddp_find_unused_parameters_true"
+        kw["strategy"] = TransferDDPStrategy(find_unused_parameters=find_unused)
+        if sync_bn is None:  # the default: small per-device batches give noisy BatchNorm statistics
+            sync_bn = recipe.data.batch_size < SYNC_BN_BELOW
+        if sync_bn:
+            kw["plugins"] = [BatchNormSync()]
+    elif sync_bn:
+        kw["sync_batchnorm"] = True
     return kw
 
 
@@ -287,30 +318,33 @@ def fit(
 ) -> FitResult:
     """Fine-tune, track and log a classifier as a recipe says.
 
+    Under DDP (``trainer.strategy: ddp``) every process runs this function: rank zero alone prepares the run
+    directory, talks to MLflow and logs the model; the other ranks train and return a result with the same
+    ``run_id`` and ``rank`` set.
+
     Args:
         recipe: a recipe file, or a :class:`Recipe`.
         overrides: ``KEY=VALUE`` overrides (``--set``).
-        resume: continue this recipe's interrupted run from its ``last.ckpt``, in the same MLflow run.
+        resume: continue this recipe's interrupted run from its ``last.ckpt``, in the same MLflow run; a run whose
+            training ended while the tracking server was away is logged and registered.
         callbacks: extra Lightning callbacks (tests, front ends).
 
     Raises:
-        UserError: bad recipe, data, backbone, tracking URI, or nothing to resume.
+        UserError: bad recipe, data, backbone, tracking URI, nothing to resume, or the tracking server went away
+            before the model was logged (the checkpoints are kept; ``resume=True`` finishes the job).
         KeyboardInterrupt: training was interrupted; ``resume=True`` continues it.
     """
     import lightning as L
-    import mlflow
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
     from transfer import tracking
     from transfer.data import ImageDataModule, build_index, class_weights, make_sampler, resolve_balance
-    from transfer.module import ClassifierModule, StageProbeModule, effective_lr, feature_stats
+    from transfer.module import ClassifierModule, StageProbeModule, feature_stats
     from transfer.strategies import FeatureCache, count_params, init_head, make_strategy
 
     r = load_recipe(recipe, overrides)
-    tracking_uri = tracking.check_uri(tracking.resolve_uri(r.tracking.uri))
+    tracking_uri = tracking.check_uri(tracking.resolve_uri(_tracking_uri(r)))
     _check_model_keys(r)
-    if resume:  # reads only: fail early when there is nothing to resume
-        run_dir, state = _prepare_run_dir(r, resume=True)
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
     warnings.filterwarnings("ignore", ".*module\\(s\\) in eval mode.*")  # frozen stages are in eval on purpose
     warnings.filterwarnings("ignore", ".*exists and is not empty.*")  # the run directory holds run.json
@@ -318,6 +352,8 @@ def fit(
     warnings.filterwarnings("ignore", ".*LeafSpec.*")  # Lightning internals on newer torch
     L.seed_everything(r.seed, workers=True, verbose=False)
 
+    if resume:  # reads only: fail early when there is nothing to resume
+        run_dir, state = _prepare_run_dir(r, resume=True)
     # Data and model: every user error surfaces here, before a run is opened.
     index = build_index(
         r.data.source,
@@ -344,13 +380,36 @@ def fit(
     from transfer.data import cache_root
 
     cache = FeatureCache(cache_root(r.data.cache_dir))
-    if not resume:  # only now: a recipe that fails validation leaves nothing behind
-        run_dir, state = _prepare_run_dir(r, resume=False)
 
-    # Strategy (auto decides once; a resumed run reuses the decision).
+    # The trainer knows this process's rank (Lightning's launcher, torchrun or SLURM).
+    run_dir = run_dir_for(r)
+    trainer_kw = _trainer_kwargs(r, run_dir)
+    # best.ckpt follows val_acc; last.ckpt is every epoch's end (what --resume continues from). Two callbacks,
+    # since Lightning's save_last only writes when the monitored metric improved.
+    best_ckpt = ModelCheckpoint(
+        dirpath=run_dir, filename="best", monitor="val_acc", mode="max", save_top_k=1, enable_version_counter=False
+    )
+    last_ckpt = ModelCheckpoint(
+        dirpath=run_dir, filename="last", monitor=None, save_top_k=1, enable_version_counter=False
+    )
+    cbs: list[Any] = [best_ckpt, last_ckpt]
+    if r.optim.early_stopping_patience:
+        cbs.append(EarlyStopping(monitor="val_acc", mode="max", patience=r.optim.early_stopping_patience))
+    from transfer.distributed import RankSync
+
+    share = RankSync()
+    cbs.append(share)
+    trainer = L.Trainer(callbacks=cbs, **trainer_kw)
+    zero = trainer.is_global_zero
+    if zero and not resume:  # only now: a recipe that fails validation leaves nothing behind
+        run_dir, state = _prepare_run_dir(r, resume=False)
+    elif not zero:  # rank zero owns the run directory; the decisions it recorded there are reused
+        state = _read_state(run_dir)
+
+    # Strategy (auto decides once; a resumed run, and the other ranks, reuse the decision).
     name, reason, stages_k, auto_details = r.strategy.name, "set in the recipe", None, {}
     if name == "auto":
-        if state.get("strategy"):
+        if state.get("strategy") and state.get("recipe_digest") == r.digest():
             name, reason = state["strategy"], state.get("strategy_reason", "")
             stages_k, auto_details = state.get("strategy_stages"), state.get("auto", {})
         else:
@@ -372,6 +431,7 @@ def fit(
     files = index.fingerprint()
     if strategy.uses_features:
         per_stage = name == "stage_probe"
+        # Computed once: the cache is locked per key, so other ranks (or runs) wait for it and then read it.
         feats = cache.get_or_compute(
             model,
             {
@@ -422,8 +482,7 @@ def fit(
             optim=r.optim,
             batch_size=r.data.batch_size,
             class_weights=weights,
-            channels_last=torch.cuda.is_available()
-            and str(r.trainer.get("accelerator", "auto")) in ("auto", "gpu", "cuda"),
+            channels_last=_on_gpu(r),
         )
         fit_kwargs = {"datamodule": dm}
 
@@ -435,104 +494,55 @@ def fit(
     else:
         trainable, total = count_params(model, strategy)
 
-    trainer_kw = _trainer_kwargs(r, run_dir)
-    # best.ckpt follows val_acc; last.ckpt is every epoch's end (what --resume continues from). Two callbacks,
-    # since Lightning's save_last only writes when the monitored metric improved.
-    best_ckpt = ModelCheckpoint(
-        dirpath=run_dir, filename="best", monitor="val_acc", mode="max", save_top_k=1, enable_version_counter=False
-    )
-    last_ckpt = ModelCheckpoint(
-        dirpath=run_dir, filename="last", monitor=None, save_top_k=1, enable_version_counter=False
-    )
-    cbs: list[Any] = [best_ckpt, last_ckpt]
-    if r.optim.early_stopping_patience:
-        cbs.append(EarlyStopping(monitor="val_acc", mode="max", patience=r.optim.early_stopping_patience))
-    try:
-        from transfer.progress import ProgressFile
+    from transfer.progress import ProgressFile
 
-        cbs.append(ProgressFile(run_dir=str(run_dir), strategy=name))
-    except ImportError:  # pragma: no cover - the progress module is optional
-        pass
-
-    # Tracking: open (or reopen) the run, then train.
-    run = tracking.start_run(
-        tracking_uri,
-        r.tracking.experiment,
-        run_id=state.get("run_id") if resume else None,
-        run_name=r.tracking.run_name or (None if resume else f"{r.name}-{name}"),
-    )
-    run_id = run.info.run_id
-    state = {
-        "run_id": run_id,
-        "experiment_id": run.info.experiment_id,
-        "tracking_uri": tracking_uri,
-        "status": "running",
-        "strategy": name,
-        "strategy_reason": reason,
-        "strategy_stages": stages_k,
-        "auto": auto_details,
-        "recipe_digest": r.digest(),
-    }
-    _write_state(run_dir, state)
-    (run_dir / "recipe.yaml").write_text(r.to_yaml())
-    cbs.append(tracking.EpochMetrics(run_id))
-    cbs.extend(callbacks)
-    trainer = L.Trainer(callbacks=cbs, **trainer_kw)
-    lr_eff = effective_lr(r.optim.lr, r.data.batch_size, trainer.world_size, r.optim.scale_lr)
-    params = {
-        "backbone": spec.name,
-        "pretrained": r.model.pretrained
-        if isinstance(r.model.pretrained, bool)
-        else Path(str(r.model.pretrained)).name,
-        **strategy.describe(),
-        "strategy_requested": r.strategy.name,
-        "trainable_params": trainable,
-        "total_params": total,
-        "train_size": len(index.train),
-        "val_size": len(index.val),
-        "dataset_size": len(index.train) + len(index.val),
-        "skipped_files": len(index.skipped),
-        "num_classes": index.num_classes,
-        "classes": index.classes,
-        "data_source": r.data.source,
-        "image_size": data_config["input_size"][-1],
-        "augment": "none (cached features)" if strategy.uses_features else r.data.augment,
-        "balance": balance,
-        "batch_size": r.data.batch_size,
-        "world_size": trainer.world_size,
-        "optimizer": r.optim.name,
-        "lr": r.optim.lr,
-        "lr_effective": lr_eff,
-        "lr_head": lr_eff * (strategy.lr_scale("classifier", 1) if strategy.units else 1.0),
-        "weight_decay": r.optim.weight_decay,
-        "label_smoothing": r.optim.label_smoothing,
-        "max_epochs": trainer.max_epochs,
-        "precision": str(trainer_kw["precision"]),
-        "seed": r.seed,
-        **{f"auto_{k}": v for k, v in auto_details.items()},
-    }
+    trainer.callbacks.append(ProgressFile(run_dir=str(run_dir), strategy=name))
+    params = _run_params(r, spec, strategy, index, data_config, balance, trainer, trainer_kw, auto_details)
+    params.update(trainable_params=trainable, total_params=total)
     if strategy.uses_features:
         params["feature_cache"] = "hit" if cache.hits and not cache.misses else "miss"
+
+    run_id = ""
+    if zero:  # Tracking: open (or reopen) the run
+        run_id = _open_run(r, tracking_uri, run_dir, state, resume, name, reason, stages_k, auto_details, params)
+        trainer.callbacks.append(
+            tracking.EpochMetrics(run_id, tracking_uri=tracking_uri, pending=run_dir / "pending_metrics.jsonl")
+        )
+        state = _read_state(run_dir)
+    share.run_id = run_id
+    trainer.callbacks.extend(callbacks)
     try:
-        tracking.log_params(params)
-        tracking.log_text(r.to_yaml(), "recipe.yaml")
-        mlflow.set_tags({"transfer.run_dir": str(run_dir.resolve()), "transfer.strategy": name})
         last = run_dir / "last.ckpt"
         trainer.fit(module, ckpt_path=str(last) if resume else None, **fit_kwargs)
     except BaseException as exc:
         interrupted = isinstance(exc, KeyboardInterrupt | SystemExit)
-        state["status"] = "interrupted" if interrupted else "failed"
-        _write_state(run_dir, state)
-        with tracking.quiet_mlflow():
-            mlflow.end_run(status="KILLED" if interrupted else "FAILED")
+        if zero:
+            state["status"] = "interrupted" if interrupted else "failed"
+            _write_state(run_dir, state)
+            tracking.end_run(tracking_uri, "KILLED" if interrupted else "FAILED")
         _restore_sigint()
         if interrupted:
-            _log.warning("interrupted; `transfer fit %s --resume` continues run %s", r.path or "RECIPE", run_id)
+            if zero:
+                _log.warning("interrupted; `transfer fit %s --resume` continues run %s", r.path or "RECIPE", run_id)
             if isinstance(exc, SystemExit):
                 raise KeyboardInterrupt from exc  # Lightning turns Ctrl+C into exit(1): give the caller the real reason
         raise
 
+    if not zero:  # rank zero logs and registers the model; this rank is done
+        return FitResult(
+            run_id=share.run_id,
+            model_uri=f"runs:/{share.run_id}/model",
+            registered_uri=None,
+            metrics={k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val_")},
+            strategy=strategy.name,
+            strategy_reason=strategy.reason,
+            run_dir=str(run_dir),
+            params=params,
+            rank=trainer.global_rank,
+        )
     try:
+        if not tracking.server_answers(tracking_uri):
+            raise ConnectionError(f"{tracking_uri} does not answer")
         result = _finish(
             r,
             trainer,
@@ -548,17 +558,120 @@ def fit(
             best_stage_dims,
             params,
         )
-    except BaseException:
-        state["status"] = "failed"
+    except BaseException as exc:
+        away = not isinstance(exc, KeyboardInterrupt) and not tracking.server_answers(tracking_uri)
+        state["status"] = "trained" if away else "failed"
         _write_state(run_dir, state)
-        with tracking.quiet_mlflow():
-            mlflow.end_run(status="FAILED")
+        tracking.end_run(tracking_uri, "FAILED")
+        if away:
+            raise UserError(
+                f"MLflow server {tracking_uri} went away before the model was logged; the trained checkpoints are "
+                f"kept in {run_dir}: when the server answers again, `transfer fit {r.path or 'RECIPE'} --resume` "
+                f"logs run {run_id} and registers the model"
+            ) from exc
         raise
     state["status"] = "finished"
     _write_state(run_dir, state)
-    with tracking.quiet_mlflow():
-        mlflow.end_run(status="FINISHED")
+    tracking.end_run(tracking_uri, "FINISHED")
     return result
+
+
+def _run_params(
+    r: Recipe,
+    spec: Any,
+    strategy: Any,
+    index: Any,
+    data_config: dict[str, Any],
+    balance: str,
+    trainer: Any,
+    trainer_kw: dict[str, Any],
+    auto_details: dict[str, Any],
+) -> dict[str, Any]:
+    """The run's MLflow params (the learning rate after the linear scaling rule for the global batch)."""
+    from transfer.module import effective_lr
+
+    lr_eff = effective_lr(r.optim.lr, r.data.batch_size, trainer.world_size, r.optim.scale_lr)
+    return {
+        "backbone": spec.name,
+        "pretrained": r.model.pretrained
+        if isinstance(r.model.pretrained, bool)
+        else Path(str(r.model.pretrained)).name,
+        **strategy.describe(),
+        "strategy_requested": r.strategy.name,
+        "train_size": len(index.train),
+        "val_size": len(index.val),
+        "dataset_size": len(index.train) + len(index.val),
+        "skipped_files": len(index.skipped),
+        "num_classes": index.num_classes,
+        "classes": index.classes,
+        "data_source": r.data.source,
+        "image_size": data_config["input_size"][-1],
+        "augment": "none (cached features)" if strategy.uses_features else r.data.augment,
+        "balance": balance,
+        "batch_size": r.data.batch_size,
+        "world_size": trainer.world_size,
+        "global_batch_size": r.data.batch_size * trainer.world_size,
+        "sync_batchnorm": any(type(p).__name__ == "BatchNormSync" for p in trainer_kw.get("plugins", [])),
+        "optimizer": r.optim.name,
+        "lr": r.optim.lr,
+        "lr_effective": lr_eff,
+        "lr_head": lr_eff * (strategy.lr_scale("classifier", 1) if strategy.units else 1.0),
+        "weight_decay": r.optim.weight_decay,
+        "label_smoothing": r.optim.label_smoothing,
+        "max_epochs": trainer.max_epochs,
+        "precision": str(trainer_kw["precision"]),
+        "seed": r.seed,
+        **{f"auto_{k}": v for k, v in auto_details.items()},
+    }
+
+
+def _open_run(
+    r: Recipe,
+    tracking_uri: str,
+    run_dir: Path,
+    state: dict[str, Any],
+    resume: bool,
+    name: str,
+    reason: str,
+    stages_k: int | None,
+    auto_details: dict[str, Any],
+    params: dict[str, Any],
+) -> str:
+    """Start (or reopen, on resume) the MLflow run, record it in ``run.json`` and log the params and recipe."""
+    import mlflow
+
+    from transfer import tracking
+
+    run = tracking.start_run(
+        tracking_uri,
+        r.tracking.experiment,
+        run_id=state.get("run_id") if resume else None,
+        run_name=r.tracking.run_name or (None if resume else f"{r.name}-{name}"),
+    )
+    run_id = run.info.run_id
+    new_state = {
+        "run_id": run_id,
+        "experiment_id": run.info.experiment_id,
+        "tracking_uri": tracking_uri,
+        "status": "running",
+        "strategy": name,
+        "strategy_reason": reason,
+        "strategy_stages": stages_k,
+        "auto": auto_details,
+        "recipe_digest": r.digest(),
+    }
+    _write_state(run_dir, new_state)
+    (run_dir / "recipe.yaml").write_text(r.to_yaml())
+    try:
+        tracking.log_params(params)
+        tracking.log_text(r.to_yaml(), "recipe.yaml")
+        mlflow.set_tags({"transfer.run_dir": str(run_dir.resolve()), "transfer.strategy": name})
+    except BaseException:
+        new_state["status"] = "failed"
+        _write_state(run_dir, new_state)
+        tracking.end_run(tracking_uri, "FAILED")
+        raise
+    return run_id
 
 
 def _load_best(trainer: Any, module: Any, run_dir: Path) -> int | None:

@@ -88,3 +88,29 @@ def test_unreachable_tracking_server_fails_before_training(workdir, capsys, stde
     err = capsys.readouterr().err
     assert rc == 2 and len(err.splitlines()) == 1 and "unreachable" in err
     assert not (workdir / "runs").exists()
+
+
+def test_server_that_refuses_this_host_fails_before_training(workdir, capsys, stderr_logging):
+    # MLflow's host check: /health answers anyone, the API only --allowed-hosts (HTTP 403 otherwise).
+    import http.server
+    import threading
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200 if self.path == "/health" else 403)
+            self.end_headers()
+            self.wfile.write(b"OK" if self.path == "/health" else b"Invalid Host header")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}"
+        rc = main(["fit", str(write_recipe(workdir, tracking={"uri": url}))])
+    finally:
+        server.shutdown()
+    err = capsys.readouterr().err
+    assert rc == 2 and len(err.splitlines()) == 1 and "--allowed-hosts" in err
+    assert not (workdir / "runs").exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import lightning as L
 import mlflow
@@ -10,6 +11,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.transfer.conftest import write_recipe
+from transfer.cli import main
 from transfer.errors import UserError
 from transfer.train import fit
 
@@ -202,3 +204,21 @@ def test_trainer_settings_pass_through_with_cpu_defaults(tmp_path):
     assert _trainer_kwargs(load_recipe(r, ["trainer.precision=16-mixed"]), tmp_path)["precision"] == "16-mixed"
     # The same resolved recipe always maps to the same run directory (what --resume relies on); another one not.
     assert run_dir_for(r) == run_dir_for(load_recipe(r.path)) != run_dir_for(load_recipe(r, ["seed=1"]))
+
+
+def test_recipe_without_tracking_uri_follows_mlflow_tracking_uri(workdir, monkeypatch, capsys):
+    # As every MLflow tool: a recipe that does not name a store logs where $MLFLOW_TRACKING_URI points.
+    store = workdir / "team" / "store.db"
+    store.parent.mkdir()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store}")
+    recipe = write_recipe(workdir, strategy={"name": "linear_probe"})
+    assert main(["fit", str(recipe)]) == 0
+    run_id = capsys.readouterr().out.splitlines()[0].removeprefix("run_id: ")
+    assert store.is_file() and not (workdir / "mlflow.db").exists()
+    assert MlflowClient(tracking_uri=f"sqlite:///{store}").get_run(run_id).info.status == "FINISHED"
+    # MLflow exports the URI it is pointed at; fit leaves the user's environment as it was.
+    assert os.environ["MLFLOW_TRACKING_URI"] == f"sqlite:///{store}"
+    # A recipe that names its store wins over the variable.
+    named = write_recipe(workdir, "named.yaml", strategy={"name": "linear_probe"}, tracking={"uri": "sqlite:///own.db"})
+    assert main(["fit", str(named)]) == 0
+    assert (workdir / "own.db").is_file()
