@@ -232,6 +232,43 @@ def test_feature_cache_reuses_and_invalidates(tmp_path):
     assert cache.misses == 4
 
 
+def test_feature_cache_computes_once_when_ranks_ask_together(tmp_path, monkeypatch):
+    # DDP ranks (or two runs) asking for the same features at once: one computes, the other waits and reads.
+    import threading
+    import time
+
+    from transfer import strategies
+
+    real = strategies.extract_features
+    calls = []
+
+    def slow_extract(*args, **kwargs):
+        calls.append(threading.get_ident())
+        time.sleep(0.5)  # long enough for the other caller to arrive while this one computes
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(strategies, "extract_features", slow_extract)
+    model = _model()
+    cfg = {"input_size": (3, 32, 32), "mean": (0.5,) * 3, "std": (0.5,) * 3}
+    caches = [FeatureCache(tmp_path), FeatureCache(tmp_path)]
+    out: list[dict] = [{}, {}]
+
+    def ask(i: int) -> None:
+        loaders = {"train": _loader(8), "val": _loader(8)}
+        out[i] = caches[i].get_or_compute(
+            model, loaders, backbone="resnet18", data_config=cfg, files="f", per_stage=False
+        )
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(set(calls)) == 1  # one caller extracted (train and val), the other did not
+    assert sorted((c.misses, c.hits) for c in caches) == [(0, 1), (1, 0)]
+    assert torch.equal(out[0]["train"]["pre_logits"], out[1]["train"]["pre_logits"])
+
+
 def _separable(stage_quality: list[float], n: int = 90, seed: int = 0) -> dict[str, torch.Tensor]:
     """Synthetic pooled features: stage i separates 3 classes with signal strength stage_quality[i]."""
     g = torch.Generator().manual_seed(seed)
