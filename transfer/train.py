@@ -8,6 +8,9 @@ Each recipe gets a run directory ``runs/<recipe name>-<hash of the resolved reci
 ``trainer.default_root_dir`` when set) with ``run.json`` (the MLflow run id, status and the strategy chosen),
 ``recipe.yaml``, ``last.ckpt`` and ``best.ckpt``. ``fit(..., resume=True)`` continues an interrupted run from
 ``last.ckpt`` in the same MLflow run.
+
+Under DDP (``trainer.strategy: ddp``; Lightning's launcher, torchrun or SLURM) every process runs :func:`fit`;
+rank zero alone writes the run directory, talks to MLflow and logs the model (see the README's scaling section).
 """
 
 from __future__ import annotations
