@@ -146,13 +146,10 @@ def end_run(uri: str, status: str) -> None:
     """End the active run; when the server is away, just forget it locally (a resume reopens it)."""
     import mlflow
 
-    with quiet_mlflow():
-        if server_answers(uri):
-            with contextlib.suppress(Exception):
-                mlflow.end_run(status=status)
-            return
-        with no_retries(), contextlib.suppress(Exception):
-            mlflow.end_run(status=status)  # pops the run first, then fails to reach the server
+    # MLflow pops the run before it calls the server, so a server that is away only costs the status update.
+    away = contextlib.nullcontext() if server_answers(uri) else no_retries()
+    with quiet_mlflow(), away, contextlib.suppress(Exception):
+        mlflow.end_run(status=status)
 
 
 @contextlib.contextmanager
@@ -173,16 +170,15 @@ def start_run(uri: str, experiment: str, run_id: str | None = None, run_name: st
     """Point MLflow at ``uri`` and start (or, with ``run_id``, reopen) a run in ``experiment``."""
     import mlflow
 
-    # The registry lives beside the runs. MLflow also exports both URIs as environment variables: the process's
-    # own stay as the user set them, so a later fit of a recipe without tracking.uri does not inherit this one.
-    saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    # MLflow also exports the URI as an environment variable: the process's own stays as the user set it, so a
+    # later fit of a recipe without tracking.uri does not inherit this one. The registry is left unset: it follows
+    # the tracking URI, and setting it here would pin it for every later client in the process.
+    saved = os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    if saved is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = saved
     try:
         with quiet_mlflow():
             if run_id is None:
@@ -265,16 +261,16 @@ class EpochMetrics(L.Callback):
     def _send(self, metrics: list[Any], epoch: int) -> None:
         from mlflow.tracking import MlflowClient
 
-        try:
-            if not server_answers(self.tracking_uri):
-                raise OSError("no answer")
-            self.flush()
-            MlflowClient().log_batch(self.run_id, metrics=metrics)
-            return
-        except Exception as exc:  # the server went away: keep the metrics, keep training
-            if self.pending is None:
-                raise
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        reason = "no answer"
+        if server_answers(self.tracking_uri):
+            try:
+                self._send_pending()
+                MlflowClient().log_batch(self.run_id, metrics=metrics)
+                return
+            except Exception as exc:  # the server went away: keep the metrics, keep training
+                if self.pending is None:
+                    raise
+                reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         self.pending.parent.mkdir(parents=True, exist_ok=True)
         with self.pending.open("a") as f:
             for m in metrics:
@@ -301,6 +297,12 @@ class EpochMetrics(L.Callback):
             return True
         if not server_answers(self.tracking_uri):
             return False
+        self._send_pending()
+        return True
+
+    def _send_pending(self) -> None:
+        if self.pending is None or not self.pending.is_file():
+            return
         from mlflow.entities import Metric
         from mlflow.tracking import MlflowClient
 
@@ -310,7 +312,6 @@ class EpochMetrics(L.Callback):
             MlflowClient().log_batch(self.run_id, metrics=metrics[i : i + 500])
         self.pending.unlink()
         _log.info("sent %d pending metric values to %s", len(metrics), self.tracking_uri)
-        return True
 
 
 def classification_report(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str]) -> list[dict[str, Any]]:

@@ -614,7 +614,7 @@ def _run_params(
         "batch_size": r.data.batch_size,
         "world_size": trainer.world_size,
         "global_batch_size": r.data.batch_size * trainer.world_size,
-        "sync_batchnorm": any(type(p).__name__ == "BatchNormSync" for p in trainer_kw.get("plugins", [])),
+        "sync_batchnorm": bool(trainer_kw.get("plugins")),  # recipes cannot set plugins: BatchNormSync is ours
         "optimizer": r.optim.name,
         "lr": r.optim.lr,
         "lr_effective": lr_eff,
