@@ -170,15 +170,16 @@ def start_run(uri: str, experiment: str, run_id: str | None = None, run_name: st
     """Point MLflow at ``uri`` and start (or, with ``run_id``, reopen) a run in ``experiment``."""
     import mlflow
 
-    # MLflow also exports the URI as an environment variable: the process's own stays as the user set it, so a
-    # later fit of a recipe without tracking.uri does not inherit this one. The registry is left unset: it follows
-    # the tracking URI, and setting it here would pin it for every later client in the process.
-    saved = os.environ.get("MLFLOW_TRACKING_URI")
+    # The registry lives beside the runs. MLflow also exports both URIs as environment variables: the process's
+    # own stay as the user set them, so a later fit of a recipe without tracking.uri does not inherit this one.
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
     mlflow.set_tracking_uri(uri)
-    if saved is None:
-        os.environ.pop("MLFLOW_TRACKING_URI", None)
-    else:
-        os.environ["MLFLOW_TRACKING_URI"] = saved
+    mlflow.set_registry_uri(uri)
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
     try:
         with quiet_mlflow():
             if run_id is None:

@@ -32,6 +32,8 @@ def workdir(tmp_path, monkeypatch, data_cache) -> Path:
     while mlflow.active_run():
         mlflow.end_run()
     mlflow.set_tracking_uri(before)  # fit() points MLflow at this folder's database; later tests must not see it
+    mlflow.set_registry_uri(None)  # and the registry back to following the tracking URI
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
 

@@ -51,7 +51,9 @@ def test_ddp_fit_on_cpu_one_run_one_version_lr_scaled_to_the_global_batch(workdi
     assert [line.split(":")[0] for line in proc.stdout.splitlines()] == ["run_id", "model_uri", "registered"]
     assert "ranks diverged" not in proc.stderr
 
-    client = MlflowClient(tracking_uri=f"sqlite:///{workdir / 'mlflow.db'}")
+    client = MlflowClient(
+        tracking_uri=f"sqlite:///{workdir / 'mlflow.db'}", registry_uri=f"sqlite:///{workdir / 'mlflow.db'}"
+    )
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
     assert len(runs) == 1, [r.info.run_name for r in runs]
     run = runs[0]
@@ -85,7 +87,9 @@ def test_ddp_stage_probe_on_cached_features(workdir):
     )
     proc = _fit_in_subprocesses(recipe, workdir)
     assert proc.stderr.count("computing frozen features") == 1 and "feature cache hit" in proc.stderr
-    client = MlflowClient(tracking_uri=f"sqlite:///{workdir / 'mlflow.db'}")
+    client = MlflowClient(
+        tracking_uri=f"sqlite:///{workdir / 'mlflow.db'}", registry_uri=f"sqlite:///{workdir / 'mlflow.db'}"
+    )
     (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
     assert run.info.status == "FINISHED" and run.data.params["world_size"] == str(WORLD)
     stage_metrics = [k for k in run.data.metrics if k.startswith("val_acc_stage")]
