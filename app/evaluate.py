@@ -10,38 +10,28 @@ import pandas as pd
 
 from app.session import Session
 from transfer.errors import UserError
+from transfer.tracking import TrackingStore
 
 _log = logging.getLogger(__name__)
 
 
 def _val_images(session: Session) -> tuple[list[str], list[str]]:
     """The run's validation images and their true labels, re-derived from its recipe (same split, same seed)."""
-    from transfer.data import build_index
+    from transfer.job import dataset_index
     from transfer.recipe import load_recipe
 
     assert session.run_dir is not None
-    recipe = load_recipe(session.run_dir / "recipe.yaml")
-    index = build_index(
-        recipe.data.source,
-        val_source=recipe.data.val_source,
-        val_split=recipe.data.val_split,
-        max_per_class=recipe.data.max_per_class,
-        seed=recipe.seed,
-        cache_dir=recipe.data.cache_dir,
-    )
+    index = dataset_index(load_recipe(session.run_dir / "recipe.yaml"))
     return [p for p, _ in index.val], [index.classes[y] for _, y in index.val]
 
 
 def evaluate_run(session: Session) -> tuple[str, str | None, pd.DataFrame, list[tuple[str, str]]]:
     """Summary, confusion-matrix PNG, per-class accuracy and the worst mistakes of the session's last run."""
-    import mlflow
-    from mlflow.tracking import MlflowClient
-
-    from transfer.serving import predict_paths
+    from transfer.deploy.predict import predict_paths
 
     run_id = session.result["run_id"]
-    client = MlflowClient(tracking_uri=session.tracking_uri)
-    run = client.get_run(run_id)
+    store = TrackingStore(session.tracking_uri)
+    run = store.client.get_run(run_id)
     m, p = run.data.metrics, run.data.params
     summary = (
         f"**val_acc {m.get('val_acc', float('nan')):.3f}**, val_f1 {m.get('val_f1', float('nan')):.3f} — "
@@ -51,16 +41,16 @@ def evaluate_run(session: Session) -> tuple[str, str | None, pd.DataFrame, list[
         summary += f"\n\nWhy this strategy: {p['strategy_reason']}"
 
     confusion = None
-    artifacts = [a.path for a in client.list_artifacts(run_id)]
+    artifacts = [a.path for a in store.client.list_artifacts(run_id)]
     png = next((a for a in artifacts if a.endswith(".png") and "confusion" in a), None)
     if png:
-        mlflow.set_tracking_uri(session.tracking_uri)
-        confusion = mlflow.artifacts.download_artifacts(
-            run_id=run_id, artifact_path=png, dst_path=str(session.run_dir / "artifacts")
-        )
+        assert session.run_dir is not None
+        dest = session.run_dir / "artifacts"
+        dest.mkdir(parents=True, exist_ok=True)
+        confusion = store.client.download_artifacts(run_id, png, str(dest))
 
     paths, truth = _val_images(session)
-    preds = predict_paths(session.result["model_uri"], paths, tracking_uri=session.tracking_uri)
+    preds = predict_paths(session.result["model_uri"], paths, store)
     preds["true"] = truth
     ok = preds["error"].isna()
     preds = preds[ok]
@@ -79,10 +69,10 @@ def evaluate_run(session: Session) -> tuple[str, str | None, pd.DataFrame, list[
 
 def deploy(session: Session, name: str, alias: str) -> str:
     """Register the session's last model under ``name`` with ``alias``; return how to consume it."""
-    from transfer.serving import register_version
+    from transfer.deploy.registry import register
 
     model_uri = session.result["model_uri"]
-    version = register_version(model_uri, name, alias=alias, tracking_uri=session.tracking_uri)
+    version, _ = register(TrackingStore(session.tracking_uri), model_uri, name, alias=alias)
     uri = f"models:/{name}@{alias}"
     return (
         f"✅ Registered **{name}** version {version} with alias `{alias}`.\n\n"
@@ -103,10 +93,11 @@ def deploy(session: Session, name: str, alias: str) -> str:
 
 def classify_deployed(session: Session, image_path: str, name: str, alias: str) -> tuple[dict[str, float], str]:
     """Scores of the registered model ``name@alias`` (loaded from the registry, not from memory)."""
-    from transfer.serving import PROB_PREFIX, predict_paths
+    from transfer.deploy.classifier import PROB_PREFIX
+    from transfer.deploy.predict import predict_paths
 
     uri = f"models:/{name}@{alias}"
-    df = predict_paths(uri, [image_path], tracking_uri=session.tracking_uri)
+    df = predict_paths(uri, [image_path], TrackingStore(session.tracking_uri))
     row: dict[str, Any] = df.iloc[0].to_dict()
     if row.get("error"):
         raise UserError(f"{Path(image_path).name}: {row['error']}")

@@ -1,8 +1,8 @@
 """Per-session work directories, uploads and the training subprocess of the web page.
 
 Everything here is plain Python so it can be tested without a browser. The page never trains in its own
-process: it writes a recipe and runs ``python -m transfer fit`` on it, reading progress from the JSON-lines file
-that :mod:`transfer.progress` writes.
+process: it writes a recipe and runs ``python -m transfer fit`` on it, reading the fit's progress from its run
+directory's ``events.jsonl`` and its result from ``run.json`` (:mod:`transfer.rundir`), never from its output.
 """
 
 from __future__ import annotations
@@ -22,16 +22,11 @@ from typing import Any
 
 import yaml
 
-from transfer.data import (
-    IMAGE_EXTENSIONS,
-    ScanResult,
-    check_image,
-    descend_wrappers,
-    safe_extract_zip,
-    scan_folder,
-)
 from transfer.errors import UserError
-from transfer.progress import ENV_VAR, read_events
+from transfer.imaging import IMAGE_EXTENSIONS, probe_file
+from transfer.progress import read_events
+from transfer.rundir import RunDir
+from transfer.sources import ScanResult, descend_wrappers, safe_extract_zip, scan_folder
 
 _log = logging.getLogger(__name__)
 
@@ -58,7 +53,8 @@ class Session:
     data_source: str | None = None
     classes: list[str] = field(default_factory=list)
     proc: subprocess.Popen | None = None
-    run_dir: Path | None = None
+    run_dir: Path | None = None  # the page's folder of one training: recipe.yaml, fit.log and the fit's run directory
+    fit_dir: RunDir | None = None  # the fit's own run directory (run.json, events.jsonl, checkpoints)
     result: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -96,7 +92,7 @@ class Session:
         return self._use_folder(folder)
 
     def use_builtin(self, name: str) -> ScanResult:
-        from transfer.data import BUILTINS, cache_root
+        from transfer.sources import BUILTINS, cache_root
 
         key = name.removeprefix("builtin:")
         if key not in BUILTINS:
@@ -118,13 +114,15 @@ class Session:
 
         if not self.data_source:
             raise UserError("load a dataset first (Data tab)")
+        run_dir = self.root / "runs" / time.strftime("%Y%m%d-%H%M%S")
         recipe = {**recipe, "data": {**recipe.get("data", {}), "source": self.data_source}}
         recipe.setdefault("tracking", {})["uri"] = self.tracking_uri
+        recipe["trainer"] = {**recipe.get("trainer", {}), "default_root_dir": str(run_dir)}
         load_recipe(recipe)  # fail here, on the page, rather than in the subprocess
-        self.run_dir = self.root / "runs" / time.strftime("%Y%m%d-%H%M%S")
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        path = self.run_dir / "recipe.yaml"
+        run_dir.mkdir(parents=True, exist_ok=True)
+        path = run_dir / "recipe.yaml"
         path.write_text(yaml.safe_dump(recipe, sort_keys=False), encoding="utf-8")
+        self.run_dir, self.fit_dir = run_dir, RunDir.for_recipe(load_recipe(path))
         return path
 
     def start(self, recipe_path: Path) -> None:
@@ -133,7 +131,7 @@ class Session:
             raise UserError("a training run is already going on in this session; cancel it or wait")
         assert self.run_dir is not None
         self.result = {}
-        env = {**os.environ, ENV_VAR: str(self.run_dir / "progress.jsonl"), "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         log = open(self.run_dir / "fit.log", "wb")  # noqa: SIM115 - closed in poll() when the run ends
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "transfer", "fit", str(recipe_path)],
@@ -150,7 +148,8 @@ class Session:
         return self.proc is not None and self.proc.poll() is None
 
     def events(self) -> list[dict[str, Any]]:
-        return read_events(self.run_dir / "progress.jsonl") if self.run_dir else []
+        """The fit's progress events so far."""
+        return read_events(self.fit_dir.events) if self.fit_dir else []
 
     def log_tail(self, lines: int = 5) -> str:
         if not self.run_dir or not (self.run_dir / "fit.log").exists():
@@ -159,26 +158,26 @@ class Session:
         return "\n".join(text.splitlines()[-lines:])
 
     def finish(self) -> dict[str, Any]:
-        """After the subprocess ended: parse its output into ``result`` (run_id, model_uri, error)."""
-        assert self.proc is not None and self.run_dir is not None
+        """After the subprocess ended: the fit's result from its ``run.json`` (run_id, model_uri, metrics, ...),
+        the exit code, and the error its last event names."""
+        assert self.proc is not None and self.fit_dir is not None
         self._log_file.close()
-        text = (self.run_dir / "fit.log").read_text(encoding="utf-8", errors="replace")
-        result: dict[str, Any] = {"returncode": self.proc.returncode}
-        for line in text.splitlines():
-            for key in ("run_id", "model_uri", "registered"):
-                if line.startswith(f"{key}: "):
-                    result[key] = line.split(": ", 1)[1].strip()
-            if line.startswith("error: "):
-                result["error"] = line.removeprefix("error: ")
+        state = self.fit_dir.read()
+        result: dict[str, Any] = {"returncode": self.proc.returncode, "status": state.get("status")}
+        result.update(state.get("result") or {})  # only a finished fit has one
+        ends = [e for e in self.events() if e["event"] == "end"]
+        if ends and ends[-1].get("error"):
+            result["error"] = ends[-1]["error"]
         self.result = result
         return result
 
     def cancel(self, timeout: float = 20.0) -> None:
-        """Stop the run cleanly: SIGINT (Lightning finishes the step and closes the run), then SIGKILL."""
+        """Stop the run cleanly: SIGTERM, which ``transfer fit`` handles as Ctrl+C whatever signals the page's own
+        process ignores (the checkpoints stay resumable, the MLflow run ends KILLED); SIGKILL after ``timeout``."""
         if not self.running:
             return
         assert self.proc is not None
-        os.killpg(self.proc.pid, signal.SIGINT)
+        os.killpg(self.proc.pid, signal.SIGTERM)
         try:
             self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
@@ -217,4 +216,4 @@ def summarize(result: ScanResult) -> tuple[str, list[tuple[str, str]]]:
 
 
 def is_image_file(path: str | Path) -> bool:
-    return Path(path).suffix.lower() in IMAGE_EXTENSIONS and check_image(path) is None
+    return Path(path).suffix.lower() in IMAGE_EXTENSIONS and probe_file(path) is None

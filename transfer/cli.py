@@ -75,10 +75,20 @@ def _zoo_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _terminate_as_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # a service manager's (or the web page's) SIGTERM stops a fit as Ctrl+C does
+
+
 def _fit(args: argparse.Namespace) -> int:
+    import signal
+
     from transfer.train import fit
 
-    result = fit(args.recipe, overrides=args.set, resume=args.resume)
+    if args.resume and args.restart:
+        raise UserError("--resume continues the interrupted run, --restart replaces it: give one of them")
+    # Handled whatever the parent's signal mask: a fit started under nohup (SIGINT ignored) still stops cleanly.
+    signal.signal(signal.SIGTERM, _terminate_as_interrupt)
+    result = fit(args.recipe, overrides=args.set, resume=args.resume, restart=args.restart)
     if result.rank:  # under DDP, rank zero reports for every rank
         return 0
     print(f"run_id: {result.run_id}")
@@ -89,9 +99,10 @@ def _fit(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from transfer.serving import predict_paths
+    from transfer.deploy.predict import predict_paths
+    from transfer.tracking import TrackingStore
 
-    df = predict_paths(args.model_uri, args.images, tracking_uri=args.tracking_uri)
+    df = predict_paths(args.model_uri, args.images, TrackingStore(args.tracking_uri))
     if args.json:
         print(df.to_json(orient="records", indent=1))
     else:
@@ -101,9 +112,10 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from transfer.serving import export_model
+    from transfer.deploy.export import export_model
+    from transfer.tracking import TrackingStore
 
-    out = export_model(args.model_uri, args.format, args.output, tracking_uri=args.tracking_uri)
+    out = export_model(args.model_uri, args.format, args.output, TrackingStore(args.tracking_uri))
     print(f"exported: {out}")
     return 0
 
@@ -127,6 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. model.backbone=resnet50"
     )
     f.add_argument("--resume", action="store_true", help="continue the last unfinished run of this recipe")
+    f.add_argument(
+        "--restart", action="store_true", help="start over an unfinished run (its files are kept in previous/)"
+    )
     f.set_defaults(func=_fit)
 
     pr = sub.add_parser("predict", help="classify images with a logged or registered model")

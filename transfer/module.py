@@ -9,132 +9,35 @@ confusion matrix is made for the final model by :mod:`transfer.tracking`). Metri
 from __future__ import annotations
 
 import logging
-import math
-from collections.abc import Callable, Iterable
 from typing import Any
 
 import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
-from transfer.strategies import Strategy
+from transfer.errors import UserError
+from transfer.optim import build_optimizer, effective_lr, param_group, warmup_cosine
 
 _log = logging.getLogger(__name__)
 
-BASE_BATCH = 256  # the linear scaling rule's reference batch (Goyal et al. 2017)
+
+class DivergedError(UserError):
+    """Training produced a non-finite loss (or weights)."""
 
 
-class LARS(Optimizer):
-    """Layer-wise Adaptive Rate Scaling (You, Gitman and Ginsburg 2017, arXiv:1708.03888).
+def init_head(classifier: nn.Module) -> None:
+    """Re-initialise a new classifier small (truncated normal, std 0.01; zero bias), as MAE's linear probe does.
 
-    Each parameter tensor gets its own *trust ratio* ``eta * ||w|| / (||g|| + weight_decay * ||w||)``, which scales
-    the (weight-decayed) gradient before SGD with momentum::
-
-        local_lr = eta * ||w|| / (||g|| + wd * ||w||)
-        v = momentum * v + local_lr * (g + wd * w)
-        w = w - lr * v
-
-    Parameter groups with ``lars_exclude=True`` (biases and normalisation parameters, as in the paper's follow-ups)
-    skip the trust ratio and weight decay and take plain momentum SGD steps. A tensor whose weight or gradient norm
-    is zero also gets a ratio of 1.
-
-    Args:
-        params: parameters or parameter groups.
-        lr: global learning rate.
-        momentum: momentum factor.
-        weight_decay: L2 penalty folded into the gradient.
-        eta: the trust coefficient (0.001 in the paper).
-        eps: added to the denominator.
+    Zoo classifiers come with their architecture's init, which for some families gives logits of several units on
+    pretrained features: the first epochs would only undo that.
     """
-
-    def __init__(
-        self,
-        params: Iterable[Any],
-        lr: float = 0.1,
-        momentum: float = 0.9,
-        weight_decay: float = 0.0,
-        eta: float = 0.001,
-        eps: float = 1e-9,
-    ) -> None:
-        if lr <= 0 or momentum < 0 or weight_decay < 0 or eta <= 0:
-            raise ValueError(f"invalid LARS settings lr={lr} momentum={momentum} wd={weight_decay} eta={eta}")
-        defaults = {
-            "lr": lr,
-            "momentum": momentum,
-            "weight_decay": weight_decay,
-            "eta": eta,
-            "eps": eps,
-            "lars_exclude": False,
-        }
-        super().__init__(params, defaults)
-
-    @torch.no_grad()
-    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            wd, eta, eps, mom, lr = group["weight_decay"], group["eta"], group["eps"], group["momentum"], group["lr"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue  # frozen (gradual unfreezing): no update, no decay
-                g = p.grad
-                if not group["lars_exclude"]:
-                    w_norm = torch.linalg.vector_norm(p)
-                    g_norm = torch.linalg.vector_norm(g)
-                    trust = torch.where(
-                        (w_norm > 0) & (g_norm > 0),
-                        eta * w_norm / (g_norm + wd * w_norm + eps),
-                        torch.ones_like(w_norm),
-                    )
-                    g = (g + wd * p) * trust
-                state = self.state[p]
-                if mom > 0:
-                    buf = state.get("momentum_buffer")
-                    if buf is None:
-                        buf = state["momentum_buffer"] = g.clone()
-                    else:
-                        buf.mul_(mom).add_(g)
-                    g = buf
-                p.add_(g, alpha=-lr)
-        return loss
-
-
-def warmup_cosine(warmup_steps: int, total_steps: int) -> Callable[[int], float]:
-    """LR factor per optimizer step: linear warmup to 1 over ``warmup_steps``, then cosine to 0 at ``total_steps``."""
-    warmup_steps = max(0, int(warmup_steps))
-    total_steps = max(1, int(total_steps))
-
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-    return factor
-
-
-def effective_lr(lr: float, batch_size: int, world_size: int, scale_lr: bool) -> float:
-    """The linear scaling rule: ``lr * batch_size * world_size / 256`` (world size = devices x nodes)."""
-    return lr * batch_size * world_size / BASE_BATCH if scale_lr else lr
-
-
-def build_optimizer(
-    groups: list[dict[str, Any]], name: str, lr: float, weight_decay: float, momentum: float
-) -> Optimizer:
-    """SGD (Nesterov), AdamW (beta1 = momentum) or LARS over prepared parameter groups."""
-    if name == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=momentum > 0, weight_decay=weight_decay)
-    if name == "adamw":
-        return torch.optim.AdamW(groups, lr=lr, betas=(momentum, 0.999), weight_decay=weight_decay)
-    if name == "lars":
-        return LARS(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
-    raise ValueError(f"unknown optimizer {name!r}")
+    if isinstance(classifier, nn.Linear):
+        nn.init.trunc_normal_(classifier.weight, std=0.01)
+        if classifier.bias is not None:
+            nn.init.zeros_(classifier.bias)
 
 
 def feature_stats(x: torch.Tensor, floor: float = 0.05) -> tuple[torch.Tensor, torch.Tensor]:
@@ -185,6 +88,15 @@ class _Base(L.LightningModule):
         return F.cross_entropy(
             logits.float(), y, weight=self.class_weights, label_smoothing=self.optim_cfg.label_smoothing
         )
+
+    def _check_finite(self, loss: torch.Tensor) -> None:
+        """A loss that is NaN or infinite ends the fit with one line: a diverged run is not a model."""
+        if not bool(torch.isfinite(loss.detach())):
+            lr = self.lr_effective if self.lr_effective is not None else self.optim_cfg.lr
+            raise DivergedError(
+                f"the training loss became {float(loss)} at epoch {self.current_epoch}, step {self.global_step} "
+                f"(learning rate {lr:.3g}): lower optim.lr, or check the data; nothing was registered"
+            )
 
     def _log_train_loss(self, loss: torch.Tensor, n: int) -> None:
         # A running mean over the epoch so far: at validation time (after the last batch) it is the epoch's mean,
@@ -254,7 +166,7 @@ class ClassifierModule(_Base):
     def __init__(
         self,
         model: nn.Module,
-        strategy: Strategy,
+        strategy: Any,
         num_classes: int,
         *,
         optim: Any,
@@ -329,6 +241,7 @@ class ClassifierModule(_Base):
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         x, y = batch
         loss = self.loss(self(x), y)
+        self._check_finite(loss)
         self._log_train_loss(loss, len(y))
         return loss
 
@@ -387,6 +300,7 @@ class StageProbeModule(_Base):
         optim: a :class:`transfer.recipe.OptimConfig`.
         batch_size: per-device batch size.
         class_weights: loss weights per class, or None.
+        lr_scale: the probes' learning rate is ``optim.lr`` times this.
     """
 
     def __init__(
@@ -398,15 +312,15 @@ class StageProbeModule(_Base):
         batch_size: int,
         class_weights: torch.Tensor | None = None,
         stats: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
+        lr_scale: float = 1.0,
     ) -> None:
         super().__init__(num_classes, optim=optim, batch_size=batch_size, class_weights=class_weights)
+        self.lr_scale = lr_scale
         self.dims = list(dims)
         stats = stats or [(torch.zeros(d), torch.ones(d)) for d in dims]
         for i, (mean, std) in enumerate(stats):
             self.register_buffer(f"mean{i}", mean.float())
             self.register_buffer(f"std{i}", std.float())
-        from transfer.strategies import init_head
-
         self.probes = nn.ModuleList(nn.Linear(d, num_classes) for d in dims)
         for probe in self.probes:
             init_head(probe)
@@ -431,11 +345,9 @@ class StageProbeModule(_Base):
         return probe
 
     def param_groups(self, lr: float, weight_decay: float) -> list[dict[str, Any]]:
-        from transfer.strategies import PROBE_LR_SCALE, _group
-
         groups = []
         for i, probe in enumerate(self.probes):
-            groups += _group(f"probe{i}", list(probe.parameters()), lr * PROBE_LR_SCALE, weight_decay)
+            groups += param_group(f"probe{i}", list(probe.parameters()), lr * self.lr_scale, weight_decay)
         for g in groups:  # the lr logger looks for the classifier group
             if g["name"] == f"probe{len(self.probes) - 1}":
                 g["name"] = "classifier.last_probe"
@@ -445,6 +357,7 @@ class StageProbeModule(_Base):
         *feats, y = batch
         losses = [self.loss(logits, y) for logits in self(feats)]
         loss = torch.stack(losses).sum()
+        self._check_finite(loss)
         self._log_train_loss(loss / len(losses), len(y))
         return loss
 

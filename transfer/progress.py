@@ -1,33 +1,42 @@
-"""Machine-readable progress of a fit, for front ends that run ``transfer fit`` in another process.
+"""Machine-readable progress of a fit: ``events.jsonl`` in its run directory, one JSON object per line.
 
-When the environment variable ``TRANSFER_PROGRESS_FILE`` names a file, :class:`ProgressFile` appends one JSON
-object per line to it: ``{"event": "start", ...}``, ``{"event": "step", ...}`` (at most every half second),
-``{"event": "epoch", "epoch": 1, "train_loss": ..., "val_loss": ..., "val_acc": ..., "val_f1": ...}`` and
-``{"event": "end", "status": "finished" | "interrupted" | "failed", ...}``. Readers tail the file
-(:func:`read_events`); a partially written last line is ignored until it is complete.
+Front ends (the web page) read a fit's progress and its result from here and from ``run.json``, never from its
+output. The events, each with ``event`` and ``time``:
+
+- ``{"event": "phase", "phase": "data" | "weights" | "auto" | "features" | "train" | "evaluate" | "log_model" |
+  "register", "text": "Computing features: 120/600 images", "done": 120, "total": 600}``: what the fit is doing,
+  in words a person reads (:data:`PHASES`); the feature pass reports its count at least every second;
+- ``{"event": "start", "max_epochs", "steps_per_epoch", "epoch", "strategy"}``: training starts;
+- ``{"event": "step", "epoch", "step", "steps_per_epoch", "max_epochs"}``: at most every half second;
+- ``{"event": "epoch", "epoch": 1, "max_epochs", "train_loss", "val_loss", "val_acc", "val_f1"}``: after each epoch,
+  with that epoch's metrics (the values MLflow gets at step ``epoch - 1``);
+- ``{"event": "end", "status": "finished" | "interrupted" | "failed" | "trained", "error": ...}``.
+
+Readers tail the file (:func:`read_events`); a partially written last line is ignored until it is complete.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 
-ENV_VAR = "TRANSFER_PROGRESS_FILE"
+PHASES: dict[str, str] = {
+    "data": "Reading the data",
+    "weights": "Loading the backbone and its weights",
+    "auto": "Measuring your data to choose a strategy",
+    "features": "Computing features",
+    "train": "Training",
+    "evaluate": "Evaluating the final model",
+    "log_model": "Saving the model to MLflow",
+    "register": "Registering the model",
+}
 _STEP_INTERVAL_S = 0.5
-
-
-def write_event(path: str | Path | None, event: str, **fields: Any) -> None:
-    """Append one event line (a no-op without a path)."""
-    if not path:
-        return
-    line = json.dumps({"event": event, "time": time.time(), **fields}, default=float)
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(line + "\n")
+EPOCH_KEYS = ("train_loss", "val_loss", "val_acc", "val_f1")
 
 
 def read_events(path: str | Path) -> list[dict[str, Any]]:
@@ -36,42 +45,70 @@ def read_events(path: str | Path) -> list[dict[str, Any]]:
         text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
         return []
-    events = []
-    for line in text.splitlines(keepends=True):
-        if line.endswith("\n"):
-            events.append(json.loads(line))
-    return events
+    return [json.loads(line) for line in text.splitlines(keepends=True) if line.endswith("\n") and line.strip()]
 
 
-class ProgressFile(L.Callback):
-    """Writes start/step/epoch/end events to ``path`` (default: ``$TRANSFER_PROGRESS_FILE``) from rank zero."""
+class Events:
+    """Appends events to a file; silent without one (the other ranks of a DDP fit).
 
-    def __init__(self, path: str | Path | None = None, **start_fields: Any) -> None:
-        self.path = path or os.environ.get(ENV_VAR)
+    Args:
+        path: the events file, or None.
+    """
+
+    def __init__(self, path: str | Path | None = None) -> None:
+        self.path = Path(path) if path else None
+
+    def write(self, event: str, **fields: Any) -> None:
+        """Append one event line."""
+        if self.path is None:
+            return
+        line = json.dumps({"event": event, "time": time.time(), **fields}, default=float)
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(line + "\n")
+
+    def phase(self, name: str, text: str | None = None, **fields: Any) -> None:
+        """Say which phase the fit is in (:data:`PHASES`), in words."""
+        self.write("phase", phase=name, text=text or PHASES[name], **fields)
+
+    def counter(self, name: str, noun: str) -> Callable[[int, int], None]:
+        """A ``(done, total)`` callback that reports a phase's count: "Computing features: 120/600 images"."""
+
+        def report(done: int, total: int) -> None:
+            self.phase(name, f"{PHASES[name]}: {done}/{total} {noun}", done=done, total=total)
+
+        return report
+
+
+class ProgressEvents(L.Callback):
+    """Writes start/step/epoch events from rank zero.
+
+    Args:
+        events: where to write.
+        start_fields: extra fields of the start event (the strategy).
+    """
+
+    def __init__(self, events: Events, **start_fields: Any) -> None:
+        self.events = events
         self.start_fields = start_fields
         self._last_step = 0.0
 
-    def _write(self, trainer: L.Trainer, event: str, **fields: Any) -> None:
-        if trainer.is_global_zero:
-            write_event(self.path, event, **fields)
-
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._write(
-            trainer,
-            "start",
-            max_epochs=trainer.max_epochs,
-            steps_per_epoch=trainer.num_training_batches,
-            epoch=trainer.current_epoch,
-            **self.start_fields,
-        )
+        if trainer.is_global_zero:
+            self.events.phase("train")
+            self.events.write(
+                "start",
+                max_epochs=trainer.max_epochs,
+                steps_per_epoch=trainer.num_training_batches,
+                epoch=trainer.current_epoch,
+                **self.start_fields,
+            )
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
         now = time.monotonic()
-        if now - self._last_step < _STEP_INTERVAL_S:
+        if not trainer.is_global_zero or now - self._last_step < _STEP_INTERVAL_S:
             return
         self._last_step = now
-        self._write(
-            trainer,
+        self.events.write(
             "step",
             epoch=trainer.current_epoch,
             step=trainer.fit_loop.epoch_loop.batch_progress.current.completed,
@@ -79,12 +116,9 @@ class ProgressFile(L.Callback):
             max_epochs=trainer.max_epochs,
         )
 
-    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking:
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Here, after validation and the module's own end-of-validation hook: this epoch's metrics, as MLflow's.
+        if not trainer.is_global_zero or trainer.sanity_checking:
             return
-        metrics = {
-            k: float(v)
-            for k, v in trainer.callback_metrics.items()
-            if k in ("train_loss", "val_loss", "val_acc", "val_f1")
-        }
-        self._write(trainer, "epoch", epoch=trainer.current_epoch + 1, max_epochs=trainer.max_epochs, **metrics)
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k in EPOCH_KEYS}
+        self.events.write("epoch", epoch=trainer.current_epoch + 1, max_epochs=trainer.max_epochs, **metrics)

@@ -28,12 +28,15 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
+from transfer.augment import PRESETS
 from transfer.errors import UserError
+from transfer.strategies import check_recipe as check_strategy_settings
+from transfer.strategies import strategy_names
 
 _log = logging.getLogger(__name__)
 
-StrategyName = Literal["auto", "linear_probe", "stage_probe", "partial", "full", "gradual"]
-STRATEGIES: tuple[str, ...] = ("auto", "linear_probe", "stage_probe", "partial", "full", "gradual")
+StrategyName = Literal[strategy_names()]  # type: ignore[valid-type]  (the registry's names, auto first)
+AugmentName = Literal[tuple(PRESETS)]  # type: ignore[valid-type]
 
 
 class _Section(BaseModel):
@@ -48,7 +51,7 @@ class DataConfig(_Section):
     val_source: str | None = Field(None, description="a separate validation folder; else a stratified split")
     val_split: float = Field(0.2, gt=0.0, lt=1.0, description="fraction of each class held out for validation")
     image_size: int | None = Field(None, ge=16, le=1024, description="square input side; default: the backbone's")
-    augment: Literal["none", "light", "medium", "heavy"] = "light"
+    augment: AugmentName = Field("light", description="augmentation preset: " + " | ".join(PRESETS))
     batch_size: int = Field(32, ge=1)
     num_workers: int = Field(2, ge=0)
     balance: Literal["auto", "none", "sampler", "weights"] = Field(
@@ -95,10 +98,14 @@ class OptimConfig(_Section):
     """Optimizer, schedule, loss and stopping."""
 
     name: Literal["sgd", "adamw", "lars"] = "adamw"
-    lr: float = Field(1.0e-3, gt=0.0, description="learning rate at a batch of 256 when scale_lr is true")
-    weight_decay: float = Field(0.05, ge=0.0)
+    lr: float = Field(
+        1.0e-3, gt=0.0, allow_inf_nan=False, description="learning rate at a batch of 256 when scale_lr is true"
+    )
+    weight_decay: float = Field(0.05, ge=0.0, allow_inf_nan=False)
     momentum: float = Field(0.9, ge=0.0, lt=1.0, description="sgd and lars momentum (adamw: beta1)")
-    warmup_epochs: float = Field(1.0, ge=0.0, description="linear warmup, then cosine decay to zero (per step)")
+    warmup_epochs: float = Field(
+        1.0, ge=0.0, allow_inf_nan=False, description="linear warmup, then cosine decay to zero (per step)"
+    )
     scale_lr: bool = Field(True, description="linear scaling rule: lr * batch_size * devices * num_nodes / 256")
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
     early_stopping_patience: int | None = Field(
@@ -466,22 +473,13 @@ def _check_combinations(r: Recipe) -> None:
         raise r.error("trainer.max_epochs", f"expected an integer, got {max_epochs!r}")
     if (max_epochs is None or max_epochs < 1) and (max_steps is None or max_steps < 1):
         raise r.error("trainer.max_epochs", "set a positive number of epochs (the cosine schedule needs an end)")
-    if r.strategy.name == "gradual" and max_epochs and r.strategy.milestones:
-        late = [m for m in r.strategy.milestones if m >= max_epochs]
-        if late:
-            raise r.error(
-                "strategy.milestones",
-                f"milestone epochs {late} are not below trainer.max_epochs={max_epochs}, so those stages would "
-                "never unfreeze; lower them or raise trainer.max_epochs",
-            )
+    check_strategy_settings(r)
     if r.tracking.promote == "if_better" and not r.tracking.register_as:
         raise r.error("tracking.promote", "if_better compares with a registered model; set tracking.register_as")
     if r.tracking.register_as is not None and not r.tracking.register_as.strip():
         raise r.error("tracking.register_as", "an empty name; give a registered model name or null")
     if r.data.val_source is not None and r.data.val_source == r.data.source:
         raise r.error("data.val_source", "the validation source is the training source; give another folder or null")
-    if "accumulate_grad_batches" in r.trainer and r.strategy.name in ("linear_probe", "stage_probe"):
-        pass  # fine: applies to the head training too
     if isinstance(r.model.pretrained, str) and not r.model.pretrained.strip():
         raise r.error("model.pretrained", "an empty string; use true, false, a source or a file")
 

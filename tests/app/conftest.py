@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,29 +12,9 @@ import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def digits_folder(root: Path, classes: tuple[int, ...] = (0, 1, 7), per_class: int = 16) -> Path:
-    """scikit-learn's real handwritten digits as PNG class folders."""
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    for c in classes:
-        idx = np.flatnonzero(d.target == c)[:per_class]
-        (root / f"digit_{c}").mkdir(parents=True, exist_ok=True)
-        for i in idx:
-            img = (d.images[i] * (255 / 16)).astype(np.uint8)
-            Image.fromarray(img).resize((32, 32), Image.NEAREST).save(root / f"digit_{c}" / f"{i}.png")
-    return root
+from tests.helpers import digits_folder, free_port
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,7 @@ import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from .conftest import digits_folder
+from tests.helpers import digits_folder
 
 
 def _flow(url: str, zip_path: Path, sample: Path, name: str) -> dict:

@@ -8,9 +8,8 @@ from pathlib import Path
 import pytest
 
 from app.session import Session, summarize
+from tests.helpers import digits_folder
 from transfer.errors import UserError
-
-from .conftest import digits_folder
 
 
 def _files_outside(base: Path, session: Session) -> list[Path]:

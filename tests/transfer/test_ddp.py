@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
+from tests.helpers import write_recipe
 from tests.servers import free_port
-from tests.transfer.conftest import write_recipe
-from transfer.module import BASE_BATCH
+from transfer.optim import BASE_BATCH
 
 LR, BATCH, WORLD = 0.02, 8, 2
 

@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import lightning as L
 import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.transfer.conftest import write_recipe
+from tests.helpers import write_recipe
 from transfer.cli import main
+from transfer.deploy.predict import load_pyfunc, predict_paths
 from transfer.errors import UserError
+from transfer.sources import build_index
+from transfer.tracking import TrackingStore
 from transfer.train import fit
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -34,7 +38,8 @@ def test_pretrained_beats_random_and_the_run_is_fully_tracked(workdir):
     assert pre.metrics["val_acc"] >= rnd.metrics["val_acc"] + 0.08, (pre.metrics, rnd.metrics)
     assert pre.metrics["val_f1"] >= rnd.metrics["val_f1"] + 0.08
 
-    client = MlflowClient(f"sqlite:///{workdir}/mlflow.db")
+    store = TrackingStore(f"sqlite:///{workdir}/mlflow.db")
+    client = store.client
     run = client.get_run(pre.run_id)
     assert run.info.status == "FINISHED"
     p = run.data.params
@@ -49,22 +54,18 @@ def test_pretrained_beats_random_and_the_run_is_fully_tracked(workdir):
         assert [m.step for m in history] == [0, 1, 2], name
     artifacts = {a.path for a in client.list_artifacts(pre.run_id)}
     assert {"recipe.yaml", "confusion_matrix.png", "per_class_report.json", "per_class_report.csv"} <= artifacts
-    logged_recipe = mlflow.artifacts.load_text(f"runs:/{pre.run_id}/recipe.yaml")
+    with store.activated():
+        logged_recipe = mlflow.artifacts.load_text(f"runs:/{pre.run_id}/recipe.yaml")
+        report = mlflow.artifacts.load_dict(f"runs:/{pre.run_id}/per_class_report.json")
     assert "linear_probe" in logged_recipe and "batch_size: 16" in logged_recipe
-    report = mlflow.artifacts.load_dict(f"runs:/{pre.run_id}/per_class_report.json")
     assert len(report["classes"]) == 10 and report["metrics"]["val_acc"] == pytest.approx(pre.metrics["val_acc"])
 
     # The registered model serves raw images with the preprocessing it was trained with.
     assert pre.registered_uri == "models:/digits/1" and pre.promoted
     assert str(client.get_model_version_by_alias("digits", "champion").version) == "1"
-    model = mlflow.pyfunc.load_model("models:/digits@champion")
-    import pandas as pd
-
-    from transfer.data import build_index
-
     idx = build_index("builtin:digits", max_per_class=80)
     paths = [p for p, _ in idx.val[:20]]
-    out = model.predict(pd.DataFrame({"image": paths}))
+    out = predict_paths("models:/digits@champion", paths, store)
     truth = [idx.classes[lab] for _, lab in idx.val[:20]]
     assert (out["label"] == truth).mean() >= 0.7
 
@@ -166,16 +167,12 @@ def test_stage_probe_deploys_a_truncated_backbone(workdir):
     assert int(run.data.params["best_stage"]) == result.best_stage
     per_stage = [k for k in run.data.metrics if k.startswith("val_acc_stage")]
     assert len(per_stage) == 9
-    stage_json = mlflow.artifacts.load_dict(f"runs:/{result.run_id}/stage_probe.json")
-    assert max(stage_json.values()) == pytest.approx(result.metrics["val_acc"], abs=1e-4)
+    stage_json = client.download_artifacts(result.run_id, "stage_probe.json", str(workdir))
+    stage_acc = json.loads(Path(stage_json).read_text())
+    assert max(stage_acc.values()) == pytest.approx(result.metrics["val_acc"], abs=1e-4)
     # The deployed model (backbone cut after the best stage + the probe) reproduces the reported accuracy.
-    import pandas as pd
-
-    from transfer.data import build_index
-
     idx = build_index("builtin:lfw_faces", max_per_class=30)
-    model = mlflow.pyfunc.load_model(result.model_uri)
-    out = model.predict(pd.DataFrame({"image": [p for p, _ in idx.val]}))
+    out = predict_paths(result.model_uri, [p for p, _ in idx.val], TrackingStore(f"sqlite:///{workdir}/mlflow.db"))
     acc = float((out["label"] == [idx.classes[lab] for _, lab in idx.val]).mean())
     assert acc == pytest.approx(result.metrics["val_acc"], abs=0.02)
 
@@ -194,14 +191,15 @@ def test_trainer_settings_pass_through_with_cpu_defaults(tmp_path):
     import torch
 
     from transfer.recipe import load_recipe
-    from transfer.train import _trainer_kwargs, run_dir_for
+    from transfer.train import run_dir_for
+    from transfer.trainer import trainer_kwargs
 
     r = load_recipe(write_recipe(tmp_path, trainer={"max_epochs": 7, "sync_batchnorm": True, "devices": 1}))
-    kw = _trainer_kwargs(r, tmp_path / "run")
+    kw = trainer_kwargs(r, str(tmp_path / "run"))
     assert kw["max_epochs"] == 7 and kw["sync_batchnorm"] is True and kw["devices"] == 1
     assert kw["precision"] == ("bf16-mixed" if torch.cuda.is_available() else "32-true")
     assert kw["logger"] is False and kw["default_root_dir"] == str(tmp_path / "run")
-    assert _trainer_kwargs(load_recipe(r, ["trainer.precision=16-mixed"]), tmp_path)["precision"] == "16-mixed"
+    assert trainer_kwargs(load_recipe(r, ["trainer.precision=16-mixed"]), str(tmp_path))["precision"] == "16-mixed"
     # The same resolved recipe always maps to the same run directory (what --resume relies on); another one not.
     assert run_dir_for(r) == run_dir_for(load_recipe(r.path)) != run_dir_for(load_recipe(r, ["seed=1"]))
 
@@ -222,3 +220,29 @@ def test_recipe_without_tracking_uri_follows_mlflow_tracking_uri(workdir, monkey
     named = write_recipe(workdir, "named.yaml", strategy={"name": "linear_probe"}, tracking={"uri": "sqlite:///own.db"})
     assert main(["fit", str(named)]) == 0
     assert (workdir / "own.db").is_file()
+
+
+def test_logged_accuracy_is_what_the_registered_model_gets_on_rgba_images(workdir):
+    # The shapes exist only in the alpha channel: a model trained on one compositing and served another would
+    # score near chance when served. The logged val_acc must be exactly what the registered pyfunc gets.
+    from tests.helpers import b64, shapes_on_transparent
+
+    source = shapes_on_transparent(workdir / "shapes")
+    recipe = write_recipe(
+        workdir,
+        data={"source": str(source), "image_size": 48, "val_split": 0.25},
+        strategy={"name": "linear_probe"},
+        trainer={"max_epochs": 4},
+        tracking={"register_as": "shapes"},
+    )
+    result = fit(recipe)
+    store = TrackingStore(f"sqlite:///{workdir}/mlflow.db")
+    logged = store.client.get_run(result.run_id).data.metrics["best_val_acc"]
+    idx = build_index(str(source), val_split=0.25)
+    model = load_pyfunc("models:/shapes@champion", store)
+    import pandas as pd
+
+    out = model.predict(pd.DataFrame({"image": [b64(Path(p).read_bytes()) for p, _ in idx.val]}))
+    served = float((out["label"] == [idx.classes[y] for _, y in idx.val]).mean())
+    assert logged >= 0.8, logged
+    assert served == pytest.approx(logged, abs=1e-9)

@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from transfer.module import LARS, build_optimizer, effective_lr, fold_standardization, warmup_cosine
+from transfer.module import fold_standardization
+from transfer.optim import LARS, build_optimizer, effective_lr, warmup_cosine
 
 
 def test_lars_step_follows_the_trust_ratio_formula():

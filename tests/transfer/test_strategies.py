@@ -12,20 +12,12 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import zoo
+from transfer import features
+from transfer.features import FeatureCache, extract_features, weights_digest
 from transfer.module import ClassifierModule, StageProbeModule
 from transfer.recipe import OptimConfig, StrategyConfig
-from transfer.strategies import (
-    FeatureCache,
-    Full,
-    Gradual,
-    LinearProbe,
-    Partial,
-    choose_strategy,
-    count_params,
-    extract_features,
-    make_strategy,
-    weights_digest,
-)
+from transfer.strategies import create
+from transfer.strategies.auto import choose_strategy
 
 warnings.filterwarnings("ignore", ".*does not have many workers.*")
 warnings.filterwarnings("ignore", ".*module\\(s\\) in eval mode.*")
@@ -91,9 +83,12 @@ OPTIM = OptimConfig(lr=0.5, warmup_epochs=0, weight_decay=0.0)
 @pytest.mark.parametrize(
     ("strategy", "trainable_units"),
     [
-        (LinearProbe(cache_features=False), {"classifier"}),
-        (Partial(stages=2), {"stage3", "stage4", "classifier"}),
-        (Full(layer_decay=0.5), {"stage0", "stage1", "stage2", "stage3", "stage4", "classifier"}),
+        (create("linear_probe", StrategyConfig(cache_features=False)), {"classifier"}),
+        (create("partial", StrategyConfig(stages=2)), {"stage3", "stage4", "classifier"}),
+        (
+            create("full", StrategyConfig(layer_decay=0.5)),
+            {"stage0", "stage1", "stage2", "stage3", "stage4", "classifier"},
+        ),
     ],
     ids=["linear_probe", "partial", "full"],
 )
@@ -118,7 +113,7 @@ def test_exactly_the_intended_parameters_train(strategy, trainable_units):
 
 def test_full_uses_layer_wise_lr_decay():
     model = _model()
-    strategy = Full(layer_decay=0.5)
+    strategy = create("full", StrategyConfig(layer_decay=0.5))
     strategy.setup(model)
     lrs = {g["name"].split(".")[0]: g["lr"] for g in strategy.param_groups(1.0, 0.01)}
     assert lrs["classifier"] == 1.0
@@ -130,7 +125,7 @@ def test_full_uses_layer_wise_lr_decay():
 
 def test_partial_refuses_more_stages_than_the_backbone_has():
     with pytest.raises(ValueError, match="more than the backbone's 5 stages"):
-        Partial(stages=6).setup(_model())
+        create("partial", StrategyConfig(stages=6)).setup(_model())
 
 
 class _Recorder(L.Callback):
@@ -157,7 +152,7 @@ class _Recorder(L.Callback):
 
 def test_gradual_unfreezes_one_stage_per_milestone_with_fixed_param_groups():
     model = _model()
-    strategy = Gradual(milestones=[1, 2])
+    strategy = create("gradual", StrategyConfig(milestones=[1, 2]))
     strategy.setup(model)
     module = ClassifierModule(model, strategy, NUM_CLASSES, optim=OPTIM, batch_size=8)
     rec = _Recorder()
@@ -177,7 +172,7 @@ def test_gradual_unfreezes_one_stage_per_milestone_with_fixed_param_groups():
 
 def test_frozen_units_return_to_eval_after_model_train():
     model = _model()
-    strategy = Partial(stages=1)
+    strategy = create("partial", StrategyConfig(stages=1))
     strategy.setup(model)
     module = ClassifierModule(model, strategy, NUM_CLASSES, optim=OPTIM, batch_size=8)
     module.eval()
@@ -193,7 +188,7 @@ def test_frozen_units_return_to_eval_after_model_train():
 
 def test_stage_probe_trains_probes_only():
     model = _model()
-    strategy = make_strategy("stage_probe", StrategyConfig())
+    strategy = create("stage_probe", StrategyConfig())
     strategy.setup(model)
     assert not any(p.requires_grad for p in model.parameters())
     feats = extract_features(model, _loader(), per_stage=True)
@@ -204,7 +199,7 @@ def test_stage_probe_trains_probes_only():
     loader = DataLoader(TensorDataset(*[feats[f"stage{i}"] for i in range(5)], feats["labels"]), batch_size=8)
     _fit(module, loader=loader)
     assert all(not torch.equal(before[k], v) for k, v in module.probes.state_dict().items())
-    trainable, total = count_params(model, strategy)
+    trainable, total = strategy.count_params(model)
     assert trainable == 0 and total == sum(p.numel() for p in model.parameters())
 
 
@@ -237,9 +232,7 @@ def test_feature_cache_computes_once_when_ranks_ask_together(tmp_path, monkeypat
     import threading
     import time
 
-    from transfer import strategies
-
-    real = strategies.extract_features
+    real = features.extract_features
     calls = []
 
     def slow_extract(*args, **kwargs):
@@ -247,7 +240,7 @@ def test_feature_cache_computes_once_when_ranks_ask_together(tmp_path, monkeypat
         time.sleep(0.5)  # long enough for the other caller to arrive while this one computes
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(strategies, "extract_features", slow_extract)
+    monkeypatch.setattr(features, "extract_features", slow_extract)
     model = _model()
     cfg = {"input_size": (3, 32, 32), "mean": (0.5,) * 3, "std": (0.5,) * 3}
     caches = [FeatureCache(tmp_path), FeatureCache(tmp_path)]

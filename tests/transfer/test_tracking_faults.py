@@ -11,8 +11,8 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
+from tests.helpers import write_recipe
 from tests.servers import MlflowServer
-from tests.transfer.conftest import write_recipe
 from transfer.errors import UserError
 from transfer.train import fit, run_dir_for
 

@@ -21,8 +21,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from tests.helpers import b64, write_recipe
 from tests.servers import MlflowServer, PostgresCluster, require
-from tests.transfer.conftest import write_recipe
 from transfer.cli import main
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -152,7 +152,7 @@ def test_registry_round_trip_through_the_server(
     classes = [str(i) for i in range(10)]
     with _mlflow_at(stack.server.url):
         model = mlflow.pyfunc.load_model(f"models:/{NAME}@champion")
-        out = model.predict(pd.DataFrame({"image": [str(p) for p in images]}))
+        out = model.predict(pd.DataFrame({"image": [b64(p.read_bytes()) for p in images]}))
         assert len(out) == len(images) and out["error"].isna().all(), out
         assert set(out["label"]) <= set(classes), out["label"].tolist()
         assert out["score"].between(0.0, 1.0).all()

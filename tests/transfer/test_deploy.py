@@ -7,19 +7,16 @@ a class-mean head for the digits 0, 1 and 2 of scikit-learn, at 64x64 pixels. It
 
 from __future__ import annotations
 
-import base64
 import io
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
 import warnings
-import zlib
 from pathlib import Path
 
 import mlflow
@@ -31,8 +28,18 @@ from mlflow.exceptions import MlflowException
 from PIL import Image
 
 import zoo
-from transfer import serving
+from tests.helpers import b64 as _b64
+from tests.helpers import free_port as _free_port
+from tests.helpers import huge_png as _huge_png
+from tests.helpers import truncated_jpeg as _truncated_jpeg
+from transfer import imaging
+from transfer.deploy.classifier import REFUSED_STRING, ImageClassifier
+from transfer.deploy.export import export_model
+from transfer.deploy.model_format import StageClassifier
+from transfer.deploy.predict import load_pyfunc, predict_paths
+from transfer.deploy.registry import log_classifier
 from transfer.errors import UserError
+from transfer.tracking import TrackingStore
 
 NAME = "digits"
 CLASSES = ["zero", "one", "two"]
@@ -49,31 +56,6 @@ def _digit_png(pixels: np.ndarray, size: int = 32, fmt: str = "PNG") -> bytes:
     buf = io.BytesIO()
     img.convert("RGB").save(buf, format=fmt)
     return buf.getvalue()
-
-
-def _huge_png(side: int = 20000) -> bytes:
-    """A valid 1-bit PNG of side x side pixels (400 megapixels for 20000) that is only ~60 KB on disk."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return len(data).to_bytes(4, "big") + kind + data + zlib.crc32(kind + data).to_bytes(4, "big")
-
-    comp = zlib.compressobj(9)
-    row = bytes(1 + (side + 7) // 8)
-    idat = b"".join(comp.compress(row) for _ in range(side)) + comp.flush()
-    ihdr = side.to_bytes(4, "big") * 2 + bytes([1, 0, 0, 0, 0])
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
-
-
-def _truncated_jpeg() -> bytes:
-    rng = np.random.default_rng(0)
-    buf = io.BytesIO()
-    Image.fromarray(rng.integers(0, 255, (96, 96, 3), dtype=np.uint8)).save(buf, format="JPEG", quality=90)
-    data = buf.getvalue()
-    return data[: len(data) // 2]
-
-
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +105,7 @@ def _class_mean_head(model: torch.nn.Module, images: list[Image.Image], labels: 
     """Set the classifier to a nearest-class-mean rule on pretrained features (a real classifier, no training)."""
     model.eval()
     with torch.no_grad():
-        x = serving.preprocess(images, dc)
+        x = imaging.preprocess(images, dc)
         f = model.forward_head(model.forward_features(x), pre_logits=True)
         mu = f.mean(0)
         means = torch.stack([f[torch.tensor(labels) == c].mean(0) for c in range(len(CLASSES))]) - mu
@@ -139,17 +121,17 @@ def _class_mean_head(model: torch.nn.Module, images: list[Image.Image], labels: 
 def tracking(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """A temporary sqlite tracking store with a local artifact location, used in and out of this process."""
     root = tmp_path_factory.mktemp("mlflow")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    old_env = os.environ.get("MLFLOW_TRACKING_URI")
-    os.environ["MLFLOW_TRACKING_URI"] = uri
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    exp = mlflow.create_experiment("serving-tests", artifact_location=(root / "artifacts").as_uri())
-    yield {"uri": uri, "root": root, "experiment_id": exp}
-    if old_env is None:
-        os.environ.pop("MLFLOW_TRACKING_URI", None)
-    else:
-        os.environ["MLFLOW_TRACKING_URI"] = old_env
+    store = TrackingStore(f"sqlite:///{root / 'mlflow.db'}")
+    exp = store.client.create_experiment("serving-tests", artifact_location=(root / "artifacts").as_uri())
+    return {"uri": store.uri, "root": root, "experiment_id": exp, "store": store}
+
+
+def _run(tracking: dict, **metrics: float) -> str:
+    """A new run in the test experiment, with ``metrics``."""
+    run_id = tracking["store"].client.create_run(tracking["experiment_id"]).info.run_id
+    for k, v in metrics.items():
+        tracking["store"].client.log_metric(run_id, k, v)
+    return run_id
 
 
 def _pil(pixels: np.ndarray) -> Image.Image:
@@ -163,13 +145,17 @@ def clf(tracking: dict, digits: dict) -> dict:
     dc = _data_config()
     model = zoo.create_model(BACKBONE, num_classes=len(CLASSES), pretrained=_mobilenet_weights())
     _class_mean_head(model, [_pil(p) for p, _ in digits["fit"]], [c for _, c in digits["fit"]], dc)
-    with mlflow.start_run(experiment_id=tracking["experiment_id"]):
-        mlflow.log_metric("val_acc", 0.8)
-        result = serving.log_classifier(
-            model, backbone=BACKBONE, class_names=CLASSES, data_config=dc, registered_model_name=NAME
-        )
-    config = {"class_names": CLASSES, "data_config": serving.normalize_data_config(dc)}
-    in_memory = serving.ImageClassifier(model, config, device="cpu")
+    result = log_classifier(
+        model,
+        store=tracking["store"],
+        run_id=_run(tracking, val_acc=0.8),
+        backbone=BACKBONE,
+        class_names=CLASSES,
+        data_config=dc,
+        registered_model_name=NAME,
+    )
+    config = {"class_names": CLASSES, "data_config": imaging.normalize_data_config(dc)}
+    in_memory = ImageClassifier(model, config, device="cpu")
     return {"result": result, "memory": in_memory, "model": model, "data_config": dc}
 
 
@@ -191,17 +177,18 @@ def test_logged_model_is_registered_as_champion_with_metric_tags(clf: dict, trac
     result = clf["result"]
     assert result.model_uri.startswith("runs:/") and result.model_uri.endswith("/model")
     assert result.registered_uri == f"models:/{NAME}/1" and result.version == 1 and result.promoted
-    client = mlflow.MlflowClient()
+    client = tracking["store"].client
     mv = client.get_model_version_by_alias(NAME, "champion")
     assert int(mv.version) == 1
     assert float(mv.tags["val_acc"]) == pytest.approx(0.8)
     assert mv.tags["backbone"] == BACKBONE
     # No pickled code: the model is its source file plus safetensors weights and a JSON config.
-    local = Path(mlflow.artifacts.download_artifacts(f"models:/{NAME}@champion"))
+    with tracking["store"].activated():
+        local = Path(mlflow.artifacts.download_artifacts(f"models:/{NAME}@champion"))
+        meta = mlflow.models.get_model_info(f"models:/{NAME}@champion")
     files = {p.relative_to(local).as_posix() for p in local.rglob("*") if p.is_file()}
     assert not any(f.endswith((".pkl", ".pickle", ".cloudpickle")) for f in files), files
     assert any(f.endswith("model.safetensors") for f in files) and any(f.endswith("config.json") for f in files)
-    meta = mlflow.models.get_model_info(f"models:/{NAME}@champion")
     assert meta.signature.inputs.input_names() == ["image"]
     assert meta.signature.outputs.input_names()[:3] == ["label", "score", "error"]
 
@@ -209,7 +196,7 @@ def test_logged_model_is_registered_as_champion_with_metric_tags(clf: dict, trac
 def test_classifier_is_a_real_one(clf: dict, image_dir: Path) -> None:
     """Sanity of the fixture itself: pretrained features + class means recognise most held-out digits."""
     files = _image_files(image_dir)
-    out = clf["memory"].predict([str(f) for f in files])
+    out = clf["memory"].predict([f.read_bytes() for f in files])
     truth = [CLASSES[int(f.stem.split("_")[1])] for f in files]
     assert sum(a == b for a, b in zip(out["label"], truth)) >= 6, list(zip(out["label"], truth))
     assert out["score"].between(0.34, 0.999).all()  # not saturated: parity below compares real probabilities
@@ -222,7 +209,7 @@ files = json.loads(sys.argv[1])
 model = mlflow.pyfunc.load_model("models:/digits@champion")
 raw = [pathlib.Path(f).read_bytes() for f in files]
 forms = {
-    "paths": pd.DataFrame({"image": files}),
+    "paths": pd.DataFrame({"image": files}),  # refused: a loaded model reads no paths
     "bytes": pd.DataFrame({"image": raw}),
     "base64": pd.DataFrame({"image": [base64.b64encode(b).decode() for b in raw]}),
 }
@@ -233,7 +220,7 @@ print("RESULT" + json.dumps(out))
 
 def test_fresh_process_loads_champion_and_matches_in_memory(clf: dict, tracking: dict, image_dir: Path) -> None:
     files = [str(f) for f in _image_files(image_dir)]
-    want = clf["memory"].predict(files)
+    want = clf["memory"].predict([Path(f).read_bytes() for f in files])
     env = {**os.environ, "MLFLOW_TRACKING_URI": tracking["uri"]}
     proc = subprocess.run(
         [sys.executable, "-c", _FRESH, json.dumps(files)],
@@ -247,26 +234,28 @@ def test_fresh_process_loads_champion_and_matches_in_memory(clf: dict, tracking:
     line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULT"))
     results = json.loads(line[len("RESULT") :])
     assert set(results) == {"paths", "bytes", "base64"}
+    refused = pd.DataFrame(results.pop("paths"))
+    assert refused["label"].isna().all() and (refused["error"] == REFUSED_STRING).all()
     for form, got in results.items():
         got = pd.DataFrame(got)
         assert got["error"].isna().all(), (form, got["error"].tolist())
         _assert_same_predictions(got, want)
 
 
-def test_in_process_input_forms_agree(clf: dict, image_dir: Path) -> None:
-    """paths, bytes, base64, data URLs, PIL images, HWC arrays and lists all give the same answer."""
+def test_in_process_input_forms_agree(clf: dict, image_dir: Path, tracking: dict) -> None:
+    """bytes, base64, data URLs, PIL images, HWC arrays, lists and opted-in paths all give the same answer."""
     files = _image_files(image_dir)
     raw = [f.read_bytes() for f in files]
-    model = mlflow.pyfunc.load_model(f"models:/{NAME}@champion")
-    want = model.predict(pd.DataFrame({"image": [str(f) for f in files]}))
+    model = load_pyfunc(f"models:/{NAME}@champion", tracking["store"])
+    want = model.predict(pd.DataFrame({"image": raw}))
     arrays = [np.asarray(Image.open(io.BytesIO(b)).convert("RGB")) for b in raw]
     inner = model.unwrap_python_model()
     forms = {
-        "bytes": model.predict(pd.DataFrame({"image": raw})),
         "base64": model.predict(pd.DataFrame({"image": [_b64(b) for b in raw]})),
         "data-url": model.predict(pd.DataFrame({"image": ["data:image/png;base64," + _b64(b) for b in raw]})),
-        "dict": model.predict({"image": [str(f) for f in files]}),
-        "list-of-paths": inner.predict(None, [str(f) for f in files]),
+        "dict": model.predict({"image": [_b64(b) for b in raw]}),
+        "list-of-bytes": inner.predict(None, raw),
+        "opted-in-paths": inner.classifier.predict([str(f) for f in files], allow_paths=True),
         "arrays": inner.predict(None, arrays),
         "one-array": inner.predict(None, arrays[0]),
         "small-batches": model.predict(pd.DataFrame({"image": raw}), params={"batch_size": 2}),
@@ -292,12 +281,13 @@ def _bad_rows() -> dict[str, bytes]:
     }
 
 
-def test_bad_rows_get_errors_and_good_rows_answers(clf: dict, image_dir: Path) -> None:
+def test_bad_rows_get_errors_and_good_rows_answers(clf: dict, image_dir: Path, tracking: dict) -> None:
     files = _image_files(image_dir)
     good = [f.read_bytes() for f in files[:3]]
     bad = _bad_rows()
-    model = mlflow.pyfunc.load_model(f"models:/{NAME}@champion")
-    cells = [good[0], *bad.values(), good[1], "/no/such/dir/x.png", "%%% not base64 %%%", str(image_dir), good[2]]
+    model = load_pyfunc(f"models:/{NAME}@champion", tracking["store"])
+    existing = str(_image_files(image_dir)[0])
+    cells = [good[0], *bad.values(), good[1], "/no/such/dir/x.png", existing, str(image_dir), good[2]]
     t0 = time.monotonic()
     out = model.predict(pd.DataFrame({"image": cells}))
     assert time.monotonic() - t0 < 30  # the 400-megapixel PNG is refused from its header, not decoded
@@ -311,17 +301,16 @@ def test_bad_rows_get_errors_and_good_rows_answers(clf: dict, image_dir: Path) -
     assert "truncated" in errors["truncated-jpeg"]
     assert "too large" in errors["huge-png"] and "400000000 pixels" in errors["huge-png"]
     assert "empty" in errors["empty-bytes"]
-    assert "file not found" in out["error"].iloc[6]
-    assert "base64" in out["error"].iloc[7]
-    assert "directory" in out["error"].iloc[8]
+    # A missing file, an existing image and a folder on the server: one refusal line, nothing read, nothing leaked.
+    assert list(out["error"].iloc[6:9]) == [REFUSED_STRING] * 3
     bad_rows = [i for i in range(len(cells)) if i not in ok]
     assert out["label"].iloc[bad_rows].isna().all() and out["score"].iloc[bad_rows].isna().all()
     for err in out["error"].iloc[bad_rows]:
         assert "\n" not in err and len(err) <= 300
 
 
-def test_empty_request_is_an_invalid_parameter_error(clf: dict) -> None:
-    model = mlflow.pyfunc.load_model(f"models:/{NAME}@champion")
+def test_empty_request_is_an_invalid_parameter_error(clf: dict, tracking: dict) -> None:
+    model = load_pyfunc(f"models:/{NAME}@champion", tracking["store"])
     with pytest.raises(MlflowException, match="empty request") as info:
         model.predict(pd.DataFrame({"image": pd.Series([], dtype=object)}))
     assert info.value.error_code == "INVALID_PARAMETER_VALUE"
@@ -338,12 +327,6 @@ def test_all_rows_bad_still_answers(clf: dict) -> None:
 # --------------------------------------------------------------------------------------------------------------
 # HTTP serving
 # --------------------------------------------------------------------------------------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _post(url: str, payload: dict, timeout: float = 120) -> tuple[int, dict]:
@@ -433,21 +416,22 @@ def test_promote_if_better_moves_alias_only_on_a_better_val_acc(tracking: dict) 
     name = "tiny-promote"
     model = zoo.create_model("lenet5", num_classes=2)
     dc = zoo.get_spec("lenet5").data_config
-    client = mlflow.MlflowClient()
+    client = tracking["store"].client
     results = []
     for acc, promote in ((0.8, "always"), (0.7, "if_better"), (0.9, "if_better")):
-        with mlflow.start_run(experiment_id=tracking["experiment_id"]):
-            results.append(
-                serving.log_classifier(
-                    model,
-                    backbone="lenet5",
-                    class_names=["a", "b"],
-                    data_config=dc,
-                    registered_model_name=name,
-                    promote=promote,
-                    metrics={"val_acc": acc, "val_loss": 1 - acc},
-                )
+        results.append(
+            log_classifier(
+                model,
+                store=tracking["store"],
+                run_id=_run(tracking),
+                backbone="lenet5",
+                class_names=["a", "b"],
+                data_config=dc,
+                registered_model_name=name,
+                promote=promote,
+                metrics={"val_acc": acc, "val_loss": 1 - acc},
             )
+        )
         if acc == 0.7:
             assert int(client.get_model_version_by_alias(name, "champion").version) == 1
     assert [r.version for r in results] == [1, 2, 3]
@@ -456,36 +440,55 @@ def test_promote_if_better_moves_alias_only_on_a_better_val_acc(tracking: dict) 
     v2 = client.get_model_version(name, "2")
     assert float(v2.tags["val_acc"]) == pytest.approx(0.7) and float(v2.tags["val_loss"]) == pytest.approx(0.3)
     with pytest.raises(UserError, match="promote"):
-        serving.log_classifier(model, backbone="lenet5", class_names=["a", "b"], data_config=dc, promote="sometimes")
+        log_classifier(
+            model,
+            store=tracking["store"],
+            run_id=_run(tracking),
+            backbone="lenet5",
+            class_names=["a", "b"],
+            data_config=dc,
+            promote="sometimes",
+        )
 
 
-def test_log_classifier_refuses_bad_arguments(tracking: dict) -> None:
+@pytest.mark.parametrize(
+    ("classes", "match"), [(["a", "b", "c"], "2 outputs but 3 class names"), (["a", "a"], "unique")]
+)
+def test_log_classifier_refuses_bad_arguments(tracking: dict, classes: list[str], match: str) -> None:
     model = zoo.create_model("lenet5", num_classes=2)
     dc = zoo.get_spec("lenet5").data_config
-    with pytest.raises(UserError, match="active MLflow run"):
-        serving.log_classifier(model, backbone="lenet5", class_names=["a", "b"], data_config=dc)
-    with mlflow.start_run(experiment_id=tracking["experiment_id"]):
-        with pytest.raises(UserError, match="2 outputs but 3 class names"):
-            serving.log_classifier(model, backbone="lenet5", class_names=["a", "b", "c"], data_config=dc)
-        with pytest.raises(UserError, match="unique"):
-            serving.log_classifier(model, backbone="lenet5", class_names=["a", "a"], data_config=dc)
+    with pytest.raises(UserError, match=match):
+        log_classifier(
+            model,
+            store=tracking["store"],
+            run_id=_run(tracking),
+            backbone="lenet5",
+            class_names=classes,
+            data_config=dc,
+        )
 
 
 def test_stage_classifier_round_trip(clf: dict, tracking: dict, image_dir: Path) -> None:
     """A truncated backbone (stage probe) is rebuilt from num_stages and gives the same answers."""
     torch.manual_seed(1)
-    stage = serving.StageClassifier(clf["model"], num_stages=4, num_classes=len(CLASSES))
+    stage = StageClassifier(clf["model"], num_stages=4, num_classes=len(CLASSES))
     with torch.no_grad():
         widths = [o.shape[1] for o in clf["model"].eval().forward_stages(torch.zeros(1, 3, 64, 64))]
     assert stage.in_features == widths[3] == stage.classifier.in_features
-    with mlflow.start_run(experiment_id=tracking["experiment_id"]):
-        result = serving.log_classifier(stage, backbone=BACKBONE, class_names=CLASSES, data_config=clf["data_config"])
+    result = log_classifier(
+        stage,
+        store=tracking["store"],
+        run_id=_run(tracking),
+        backbone=BACKBONE,
+        class_names=CLASSES,
+        data_config=clf["data_config"],
+    )
     assert result.registered_uri is None and not result.promoted
-    files = [str(f) for f in _image_files(image_dir)]
-    loaded = mlflow.pyfunc.load_model(result.model_uri)
-    config = {"class_names": CLASSES, "data_config": serving.normalize_data_config(clf["data_config"])}
-    want = serving.ImageClassifier(stage, config, device="cpu").predict(files)
-    _assert_same_predictions(loaded.predict(pd.DataFrame({"image": files})), want, atol=1e-6)
+    raw = [f.read_bytes() for f in _image_files(image_dir)]
+    loaded = load_pyfunc(result.model_uri, tracking["store"])
+    config = {"class_names": CLASSES, "data_config": imaging.normalize_data_config(clf["data_config"])}
+    want = ImageClassifier(stage, config, device="cpu").predict(raw)
+    _assert_same_predictions(loaded.predict(pd.DataFrame({"image": raw})), want, atol=1e-6)
     assert loaded.unwrap_python_model().classifier.config["num_stages"] == 4
 
 
@@ -495,13 +498,13 @@ def test_stage_classifier_round_trip(clf: dict, tracking: dict, image_dir: Path)
 
 
 def test_predict_paths_expands_folders_and_matches(clf: dict, tracking: dict, image_dir: Path) -> None:
-    out = serving.predict_paths(f"models:/{NAME}@champion", [str(image_dir)], tracking_uri=tracking["uri"])
+    out = predict_paths(f"models:/{NAME}@champion", [str(image_dir)], tracking["store"])
     files = _image_files(image_dir)
     assert list(out["path"]) == [str(f) for f in files]  # recursive, sorted, notes.txt left out
     assert list(out.columns[:4]) == ["path", "label", "score", "error"]
-    _assert_same_predictions(out, clf["memory"].predict([str(f) for f in files]))
-    by_version = serving.predict_paths(f"models:/{NAME}/1", [str(files[0])], tracking_uri=tracking["uri"])
-    by_run = serving.predict_paths(clf["result"].model_uri, [str(files[0])], tracking_uri=tracking["uri"])
+    _assert_same_predictions(out, clf["memory"].predict([f.read_bytes() for f in files]))
+    by_version = predict_paths(f"models:/{NAME}/1", [str(files[0])], tracking["store"])
+    by_run = predict_paths(clf["result"].model_uri, [str(files[0])], tracking["store"])
     assert by_version["label"][0] == by_run["label"][0] == out["label"][0]
 
 
@@ -511,11 +514,12 @@ def test_predict_paths_default_tracking_uri_and_local_dir(
     files = [str(f) for f in _image_files(image_dir)[:2]]
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.chdir(tracking["root"])  # sqlite:///mlflow.db in the working directory
-    assert serving.resolve_tracking_uri() == "sqlite:///mlflow.db"
-    a = serving.predict_paths(f"models:/{NAME}@champion", files)
-    local = mlflow.artifacts.download_artifacts(f"models:/{NAME}@champion", dst_path=str(tmp_path / "dl"))
+    assert TrackingStore().uri == f"sqlite:///{tracking['root'] / 'mlflow.db'}"
+    a = predict_paths(f"models:/{NAME}@champion", files)
+    with tracking["store"].activated():
+        local = mlflow.artifacts.download_artifacts(f"models:/{NAME}@champion", dst_path=str(tmp_path / "dl"))
     monkeypatch.chdir(tmp_path)  # no mlflow.db here: a local model needs no tracking store
-    b = serving.predict_paths(local, files)
+    b = predict_paths(local, files)
     assert not (tmp_path / "mlflow.db").exists()
     _assert_same_predictions(a, b)
 
@@ -536,27 +540,28 @@ def test_predict_paths_unknown_model_is_one_line_user_error(
 ) -> None:
     files = [str(_image_files(image_dir)[0])]
     with pytest.raises(UserError, match=match) as info:
-        serving.predict_paths(uri, files, tracking_uri=tracking["uri"])
+        predict_paths(uri, files, tracking["store"])
     assert "\n" not in str(info.value)
 
 
 def test_predict_paths_input_and_registry_errors(clf: dict, tracking: dict, image_dir: Path, tmp_path: Path) -> None:
     files = [str(_image_files(image_dir)[0])]
+    store = tracking["store"]
     with pytest.raises(UserError, match="image not found"):
-        serving.predict_paths(f"models:/{NAME}@champion", [str(tmp_path / "missing.png")], tracking_uri=tracking["uri"])
+        predict_paths(f"models:/{NAME}@champion", [str(tmp_path / "missing.png")], store)
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="no image files"):
-        serving.predict_paths(f"models:/{NAME}@champion", [str(tmp_path / "empty")], tracking_uri=tracking["uri"])
+        predict_paths(f"models:/{NAME}@champion", [str(tmp_path / "empty")], store)
     with pytest.raises(UserError, match="no MLflow tracking database"):
-        serving.predict_paths(f"models:/{NAME}@champion", files, tracking_uri=f"sqlite:///{tmp_path / 'none.db'}")
+        predict_paths(f"models:/{NAME}@champion", files, TrackingStore(f"sqlite:///{tmp_path / 'none.db'}"))
     assert not (tmp_path / "none.db").exists()
     not_a_model = tmp_path / "not-a-model"
     not_a_model.mkdir()
     with pytest.raises(UserError, match="not an MLflow model"):
-        serving.predict_paths(str(not_a_model), files)
+        predict_paths(str(not_a_model), files)
     t0 = time.monotonic()
-    with pytest.raises(UserError, match="cannot load"):
-        serving.predict_paths(f"models:/{NAME}@champion", files, tracking_uri=f"http://127.0.0.1:{_free_port()}")
+    with pytest.raises(UserError, match=r"unreachable|cannot load"):
+        predict_paths(f"models:/{NAME}@champion", files, TrackingStore(f"http://127.0.0.1:{_free_port()}"))
     assert time.monotonic() - t0 < 60
 
 
@@ -585,10 +590,10 @@ def test_export_parity(
         monkeypatch.setitem(sys.modules, "onnxscript", None)
         fmt = "onnx"
     out = tmp_path / ("m.onnx" if fmt == "onnx" else "m.pt")
-    path = serving.export_model(f"models:/{NAME}@champion", fmt, str(out), tracking_uri=tracking["uri"])
+    path = export_model(f"models:/{NAME}@champion", fmt, str(out), tracking["store"])
     assert path == out.resolve() and out.is_file()
     assert [p.name for p in tmp_path.iterdir()] == [out.name]  # no temporary file left behind
-    x = serving.preprocess([str(f) for f in _image_files(image_dir)], clf["data_config"])
+    x = imaging.preprocess([imaging.load_file(f) for f in _image_files(image_dir)], clf["data_config"])
     with torch.no_grad():
         want = clf["model"].eval()(x).numpy()
     for batch in (x, x[:1]):  # dynamic batch axis
@@ -609,34 +614,6 @@ def test_export_parity(
 
 def test_export_errors(clf: dict, tracking: dict, tmp_path: Path) -> None:
     with pytest.raises(UserError, match="unknown export format"):
-        serving.export_model(f"models:/{NAME}@champion", "tflite", None, tracking_uri=tracking["uri"])
+        export_model(f"models:/{NAME}@champion", "tflite", None, tracking["store"])
     with pytest.raises(UserError, match="is a folder"):
-        serving.export_model(f"models:/{NAME}@champion", "onnx", str(tmp_path), tracking_uri=tracking["uri"])
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Preprocessing equals timm's eval transform
-# --------------------------------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("size", "interpolation", "crop_pct", "image_hw"),
-    [
-        ((3, 64, 64), "bicubic", 0.875, (50, 90)),
-        ((3, 64, 64), "bilinear", 1.0, (120, 40)),
-        ((3, 48, 64), "bilinear", 0.9, (100, 100)),
-        ((1, 32, 32), "bilinear", 1.0, (20, 30)),
-    ],
-)
-def test_preprocess_matches_timm_eval_transform(size, interpolation, crop_pct, image_hw) -> None:
-    from timm.data import create_transform
-
-    rng = np.random.default_rng(0)
-    img = Image.fromarray(rng.integers(0, 255, (*image_hw, 3), dtype=np.uint8))
-    mean, std = (0.485, 0.456, 0.406)[: size[0]], (0.229, 0.224, 0.225)[: size[0]]
-    dc = {"input_size": size, "mean": mean, "std": std, "interpolation": interpolation, "crop_pct": crop_pct}
-    tf = create_transform(**dc, is_training=False)
-    want = tf(img.convert("L") if size[0] == 1 else img)
-    got = serving.preprocess([img], dc)[0]
-    assert got.shape == want.shape == size
-    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+        export_model(f"models:/{NAME}@champion", "onnx", str(tmp_path), tracking["store"])

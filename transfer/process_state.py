@@ -1,0 +1,33 @@
+"""Process-wide state a fit or a store may touch, restored exactly: the environment and MLflow's globals.
+
+MLflow keeps its tracking URI, registry URI and active experiment in module globals and exports them as
+``MLFLOW_*`` environment variables; Lightning's ``seed_everything`` and its DDP launcher export ``PL_*``,
+``MASTER_*`` and rank variables. :func:`restored` is the one context manager that lets code change them for a block
+and puts back exactly what it found (variables added are removed, changed ones get their old value back).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+
+
+@contextlib.contextmanager
+def restored() -> Iterator[None]:
+    """Run a block, then restore ``os.environ`` and MLflow's tracking/registry URI and experiment globals."""
+    from mlflow.tracking import fluent
+    from mlflow.tracking._model_registry import utils as registry_utils
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    saved = (tracking_utils._tracking_uri, registry_utils._registry_uri, fluent._active_experiment_id)
+    env = dict(os.environ)
+    try:
+        yield
+    finally:
+        tracking_utils._tracking_uri, registry_utils._registry_uri, fluent._active_experiment_id = saved
+        for key in [k for k in os.environ if k not in env]:
+            del os.environ[key]
+        for key, value in env.items():
+            if os.environ.get(key) != value:
+                os.environ[key] = value
