@@ -143,8 +143,16 @@ def _zip_key(path: Path) -> str:
     return hashlib.sha256(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
 
 
-def safe_extract_zip(path: Path, target_root: Path) -> Path:
+def safe_extract_zip(
+    path: Path, target_root: Path, *, max_bytes: int = MAX_ZIP_BYTES, max_members: int = MAX_ZIP_MEMBERS
+) -> Path:
     """Extract a zip into ``target_root/<hash>/`` once, refusing escaping members and zip bombs.
+
+    Args:
+        path: the zip.
+        target_root: extracted under ``target_root/zips/``.
+        max_bytes: refuse a zip that expands past this many bytes (the web page passes its own, smaller limit).
+        max_members: refuse a zip of more members than this.
 
     Raises:
         UserError: not a zip, a member that escapes the folder (``../``, absolute, a link), or an expansion past
@@ -159,11 +167,11 @@ def safe_extract_zip(path: Path, target_root: Path) -> Path:
         raise UserError(f"{path}: not a readable zip file ({exc}); give a .zip of an image folder") from exc
     with zf:
         infos = zf.infolist()
-        if len(infos) > MAX_ZIP_MEMBERS:
-            raise UserError(f"{path}: {len(infos)} members is over the {MAX_ZIP_MEMBERS} limit; refusing the zip")
+        if len(infos) > max_members:
+            raise UserError(f"{path}: {len(infos)} members is over the {max_members} limit; refusing the zip")
         total = sum(i.file_size for i in infos)
         packed = max(1, sum(i.compress_size for i in infos))
-        if total > MAX_ZIP_BYTES or (total > MAX_ZIP_SMALL and total / packed > MAX_ZIP_RATIO):
+        if total > max_bytes or (total > MAX_ZIP_SMALL and total / packed > MAX_ZIP_RATIO):
             raise UserError(
                 f"{path}: expands to {total / 1e9:.1f} GB from {packed / 1e6:.1f} MB (ratio {total / packed:.0f}); "
                 "refusing a possible zip bomb"
@@ -191,7 +199,7 @@ def safe_extract_zip(path: Path, target_root: Path) -> Path:
                 with zf.open(info) as src, open(dest, "wb") as dst:
                     while chunk := src.read(1 << 20):
                         written += len(chunk)
-                        if written > max(total, 1) or written > MAX_ZIP_BYTES:
+                        if written > max(total, 1) or written > max_bytes:
                             raise UserError(f"{path}: expands past its declared size; refusing a possible zip bomb")
                         dst.write(chunk)
     return target
