@@ -53,7 +53,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zoo._backbone import Backbone, FeatureInfo, linear_or_identity
+from zoo._backbone import Backbone, FeatureInfo, StageGroup, linear_or_identity
 from zoo._registry import StateDict, register_model
 
 
@@ -119,6 +119,14 @@ class AlexNet(Backbone):
         r1 = cfg.conv1[1] * 2
         r2 = r1 * cfg.conv2[1] * 2
         self.feature_info = [FeatureInfo(w[0], r1)] + [FeatureInfo(c, r2) for c in w[1:4]] + [FeatureInfo(w[4], r2 * 2)]
+        # One ReLU and one pool module serve every layer (no parameters), so they appear in several stages.
+        self.set_stages(
+            self._block("conv1"),
+            self._block("conv2"),
+            StageGroup(self, "conv3", "act"),
+            StageGroup(self, "conv4", "act"),
+            StageGroup(self, "conv5", "act", "pool"),
+        )
         if cfg.init != "default":
             self._init_paper(ones=("conv2", "conv4", "conv5", "fc6", "fc7") if cfg.init == "alexnet" else ())
 
@@ -129,23 +137,14 @@ class AlexNet(Backbone):
                 nn.init.normal_(m.weight, std=0.01)
                 nn.init.constant_(m.bias, 1.0 if name in ones else 0.0)
 
-    def _block(self, conv: nn.Module) -> nn.Sequential:
+    def _block(self, conv: str) -> StageGroup:
         if self.cfg.lrn == "before_pool":
-            return nn.Sequential(conv, self.act, self.lrn, self.pool)
+            return StageGroup(self, conv, "act", "lrn", "pool")
         if self.cfg.lrn == "after_pool":
-            return nn.Sequential(conv, self.act, self.pool, self.lrn)
-        return nn.Sequential(conv, self.act, self.pool)
+            return StageGroup(self, conv, "act", "pool", "lrn")
+        return StageGroup(self, conv, "act", "pool")
 
-    def stages(self) -> list[nn.Module]:
-        return [
-            self._block(self.conv1),
-            self._block(self.conv2),
-            nn.Sequential(self.conv3, self.act),
-            nn.Sequential(self.conv4, self.act),
-            nn.Sequential(self.conv5, self.act, self.pool),
-        ]
-
-    def head(self) -> list[nn.Module]:
+    def head_modules(self) -> list[nn.Module]:
         return [self.fc6, self.fc7, self.fc]
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:

@@ -182,8 +182,9 @@ class AmoebaNet(Backbone):
     """AmoebaNet (ImageNet layout of the authors' TF code) for a normal and a reduction genotype.
 
     Stages (``stages()``/``feature_info``): the stem conv (r2), the first stem cell (r4), then [cell_stem_1 +
-    stack 0] (r8), [reduction_cell_0 + stack 1] (r16), [reduction_cell_1 + stack 2 + final ReLU] (r32).
-    Intermediate stage outputs are ReLU-activated (every consumer applies that ReLU first).
+    stack 0] (r8), [reduction_cell_0 + stack 1] (r16), [reduction_cell_1 + stack 2 + final ReLU] (r32), the last
+    three ``CellStage`` views that map ``(x, x_prev)`` to ``(x, x_prev)``. Intermediate stage outputs are
+    ReLU-activated (every consumer applies that ReLU first).
 
     Args:
         num_classes: classifier width (0: no classifier).
@@ -237,19 +238,17 @@ class AmoebaNet(Backbone):
         self.feature_info = [FeatureInfo(stem_size, 2), FeatureInfo(self.cell_stem_0.out_chs, 4)] + [
             FeatureInfo(getattr(self, n).out_chs, 8 * 2**s) for s, n in enumerate(self._stage_ends)
         ]
-
-    def stages(self) -> list[nn.Module]:
-        """conv0, cell_stem_0, then three ``nn.ModuleList`` groups of cells (run through ``forward_stages``)."""
-        return cell_stages(self, [self.conv0, self.cell_stem_0])
+        # conv0, cell_stem_0, then three CellStages ((x, x_prev) -> (x, x_prev), run by forward_stages)
+        self.set_stages(*cell_stages(self, ["conv0", "cell_stem_0"]))
 
     def forward_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
-        x_prev = self.conv0(x)
-        x = self.cell_stem_0(x_prev, x_prev)
+        conv0, cell_stem_0, *stages = self._stage_modules()
+        x_prev = conv0(x)
+        x = cell_stem_0(x_prev, x_prev)
         outs = [x_prev, F.relu(x)]
-        for name in self.layer_names:
-            x_prev, x = x, getattr(self, name)(x, x_prev)
-            if name in self._stage_ends:
-                outs.append(F.relu(x) if name != self._stage_ends[-1] else self.act(x))
+        for i, stage in enumerate(stages):
+            x, x_prev = stage(x, x_prev)
+            outs.append(F.relu(x) if i < len(stages) - 1 else self.act(x))
         return outs
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:

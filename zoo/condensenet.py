@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zoo._backbone import Backbone, FeatureInfo
+from zoo._backbone import Backbone, FeatureInfo, StageGroup
 from zoo._registry import register_model
 from zoo.layers import channel_shuffle
 
@@ -255,6 +255,11 @@ class CondenseNet(Backbone):
                 nn.init.zeros_(m.bias)
             elif isinstance(m, nn.Linear):
                 nn.init.zeros_(m.bias)
+        # Stages group children of ``features`` (the authors' keys): the stem conv, then [pool +] dense block, the
+        # last one with the final norm and ReLU.
+        groups = [[*([f"transition_{i}"] if i > 0 else []), f"denseblock_{i + 1}"] for i in range(len(stages))]
+        groups[-1] += ["norm_last", "relu_last"]
+        self.set_stages("features.init_conv", *(StageGroup(self, *(f"features.{n}" for n in g)) for g in groups))
 
     def _make_classifier(self, num_classes: int) -> nn.Module:
         if num_classes <= 0:
@@ -262,18 +267,6 @@ class CondenseNet(Backbone):
         if self.learned:
             return MaskedLinear(self.num_features, num_classes)
         return CondenseLinear(self.num_features, num_classes, self.keep)
-
-    def stages(self) -> list[nn.Module]:
-        f = dict(self.features.named_children())
-        out: list[nn.Module] = [f["init_conv"]]
-        n = len(self.cfg["stages"])
-        for i in range(n):
-            mods = [f[f"transition_{i}"]] if i > 0 else []
-            mods.append(f[f"denseblock_{i + 1}"])
-            if i == n - 1:
-                mods += [f["norm_last"], f["relu_last"]]
-            out.append(nn.Sequential(*mods))
-        return out
 
     def reset_classifier(self, num_classes: int) -> None:
         """New classifier; the condensed form keeps its feature selection (``index``) and re-makes the linear."""

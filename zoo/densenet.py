@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from zoo._backbone import Backbone, FeatureInfo, linear_or_identity
+from zoo._backbone import Backbone, FeatureInfo, StageGroup, linear_or_identity
 from zoo._registry import StateDict, register_model
 from zoo.layers import BatchNormAct2d
 
@@ -157,22 +157,22 @@ class DenseNet(Backbone):
             pool0=nn.MaxPool2d(3, stride=2, padding=1),
         )
         self.feature_info = [FeatureInfo(chs, 2)]
-        self._stage_names: list[list[str]] = [["conv0", "norm0"], ["pool0"]]
+        stage_names: list[list[str]] = [["conv0", "norm0"], ["pool0"]]
         reduction = 4
         for i, num_layers in enumerate(block_config):
             layers[f"denseblock{i + 1}"] = DenseBlock(
                 num_layers, chs, growth_rate, bn_size, drop_rate=proj_drop_rate, memory_efficient=memory_efficient
             )
-            self._stage_names[-1].append(f"denseblock{i + 1}")
+            stage_names[-1].append(f"denseblock{i + 1}")
             chs += num_layers * growth_rate
             self.feature_info.append(FeatureInfo(chs, reduction))
             if i != len(block_config) - 1:
                 layers[f"transition{i + 1}"] = DenseTransition(chs, chs // 2)
-                self._stage_names.append([f"transition{i + 1}"])
+                stage_names.append([f"transition{i + 1}"])
                 chs //= 2
                 reduction *= 2
         layers["norm5"] = BatchNormAct2d(chs)
-        self._stage_names[-1].append("norm5")
+        stage_names[-1].append("norm5")
         self.features = nn.Sequential(layers)
         self.num_features = chs
         self.classifier = linear_or_identity(chs, num_classes)
@@ -186,18 +186,14 @@ class DenseNet(Backbone):
                 nn.init.zeros_(m.bias)
             elif isinstance(m, nn.Linear):
                 nn.init.zeros_(m.bias)
+        # Stages group children of ``features`` (timm's keys): stem conv, then pool/transition + dense block.
+        self.set_stages(*(StageGroup(self, *(f"features.{n}" for n in names)) for names in stage_names))
 
     def set_memory_efficient(self, enable: bool = True) -> None:
         """Switch checkpointing of the dense-layer bottlenecks on or off."""
         for m in self.modules():
             if isinstance(m, DenseLayer):
                 m.memory_efficient = enable
-
-    def stages(self) -> list[nn.Module]:
-        return [nn.Sequential(*(getattr(self.features, n) for n in names)) for names in self._stage_names]
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.features(x)
 
 
 # -- torchvision checkpoints --------------------------------------------------------------------------------------

@@ -165,14 +165,12 @@ class FractalNet(Backbone):
         self.num_features = prev
         self.fc = nn.Linear(prev, num_classes) if num_classes > 0 else nn.Identity()
         self.last_global_columns: torch.Tensor | None = None
+        self.set_stages(*(f"blocks.{i}" for i in range(len(self.blocks))))
 
     @property
     def depth(self) -> int:
         """Conv layers on the deepest path (``B * 2^(C-1)``)."""
         return sum(b.depth for b in self.blocks)
-
-    def stages(self) -> list[nn.Module]:
-        return list(self.blocks)
 
     def _sample_global(self, x: torch.Tensor) -> None:
         """Draw, per image, the column of global drop-path (-1: local) and hand it to every block."""

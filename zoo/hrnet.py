@@ -32,7 +32,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from zoo._backbone import Backbone, FeatureInfo, linear_or_identity
+from zoo._backbone import Backbone, FeatureInfo, StageGroup, StageView, linear_or_identity
 from zoo._registry import register_model
 
 _HEAD_CHANNELS = (32, 64, 128, 256)
@@ -167,12 +167,11 @@ def make_transition(pre_chs: list[int], cur_chs: list[int]) -> nn.ModuleList:
     return nn.ModuleList(layers)
 
 
-class _TransitionStage(nn.Module):
-    """A transition then a stage's HighResolutionModules (a view on the model's own modules, made by ``stages()``)."""
+class _TransitionStage(StageView):
+    """A transition then a stage's HighResolutionModules: a view on the model's ``transition{s-1}`` and ``stage{s}``."""
 
-    def __init__(self, transition: nn.ModuleList, stage: nn.Sequential) -> None:
-        super().__init__()
-        self.transition, self.stage = transition, stage
+    def __init__(self, owner: nn.Module, s: int) -> None:
+        super().__init__(owner, {"transition": f"transition{s - 1}", "stage": f"stage{s}"})
 
     def forward(self, x: torch.Tensor | list[torch.Tensor]) -> list[torch.Tensor]:
         yl = x if isinstance(x, list) else [x]
@@ -182,12 +181,15 @@ class _TransitionStage(nn.Module):
         return self.stage(xl)
 
 
-class _FusionHead(nn.Module):
-    """HRNet-C's head trunk: widen each branch, merge high to low by strided convs, lift to 2048 channels."""
+class _FusionHead(StageView):
+    """HRNet-C's head trunk: widen each branch, merge high to low by strided convs, lift to 2048 channels.
 
-    def __init__(self, incre_modules: nn.ModuleList, downsamp_modules: nn.ModuleList, final_layer: nn.Module) -> None:
-        super().__init__()
-        self.incre_modules, self.downsamp_modules, self.final_layer = incre_modules, downsamp_modules, final_layer
+    A view on the model's ``incre_modules``, ``downsamp_modules`` and ``final_layer`` (timm's keys).
+    """
+
+    def __init__(self, owner: nn.Module) -> None:
+        names = ("incre_modules", "downsamp_modules", "final_layer")
+        super().__init__(owner, {n: n for n in names})
 
     def forward(self, yl: list[torch.Tensor]) -> torch.Tensor:
         y = self.incre_modules[0](yl[0])
@@ -260,23 +262,19 @@ class HighResolutionNet(Backbone):
             elif isinstance(m, nn.BatchNorm2d):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
-
-    def stages(self) -> list[nn.Module]:
-        """stem, layer1, [transition1 + stage2], [transition2 + stage3], [transition3 + stage4], fusion head."""
-        stem = nn.Sequential(self.conv1, self.bn1, self.act1, self.conv2, self.bn2, self.act2)
-        return [
-            stem,
-            self.layer1,
-            _TransitionStage(self.transition1, self.stage2),
-            _TransitionStage(self.transition2, self.stage3),
-            _TransitionStage(self.transition3, self.stage4),
-            _FusionHead(self.incre_modules, self.downsamp_modules, self.final_layer),
-        ]
+        # stem, layer1, [transition1 + stage2], [transition2 + stage3], [transition3 + stage4], fusion head; the
+        # groups are views, so every module keeps its top-level timm name
+        self.set_stages(
+            StageGroup(self, "conv1", "bn1", "act1", "conv2", "bn2", "act2"),
+            "layer1",
+            *(_TransitionStage(self, s) for s in (2, 3, 4)),
+            _FusionHead(self),
+        )
 
     def forward_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Each stage's output; a multi-branch stage reports its lowest-resolution branch."""
         outs = []
-        for stage in self.stages():
+        for stage in self._stage_modules():
             x = stage(x)
             outs.append(x[-1] if isinstance(x, list) else x)
         return outs

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zoo._backbone import Backbone, FeatureInfo, linear_or_identity
+from zoo._backbone import Backbone, FeatureInfo, StageGroup, linear_or_identity
 from zoo._registry import IMAGENET_MEAN, IMAGENET_STD, INCEPTION_MEAN, INCEPTION_STD, StateDict, register_model
 from zoo.layers import ConvNormAct
 
@@ -179,21 +179,16 @@ class GoogLeNet(Backbone):
             FeatureInfo(832, 16),
             FeatureInfo(1024, 32),
         ]
+        # Stem conv, then one stage per stride, each opening with the max-pool that enters it (torchvision's names).
+        self.set_stages(
+            StageGroup(self, "input_transform", "conv1"),
+            StageGroup(self, "maxpool1", "conv2", "conv3"),
+            StageGroup(self, "maxpool2", "inception3a", "inception3b"),
+            StageGroup(self, "maxpool3", *(f"inception4{c}" for c in "abcde")),
+            StageGroup(self, "maxpool4", "inception5a", "inception5b"),
+        )
 
-    def stages(self) -> list[nn.Module]:
-        """Stem conv, then one stage per stride (each opening with the max-pool that enters it)."""
-        return [
-            nn.Sequential(self.input_transform, self.conv1),
-            nn.Sequential(self.maxpool1, self.conv2, self.conv3),
-            nn.Sequential(self.maxpool2, self.inception3a, self.inception3b),
-            nn.Sequential(self.maxpool3, *self._stage4_blocks()),
-            nn.Sequential(self.maxpool4, self.inception5a, self.inception5b),
-        ]
-
-    def _stage4_blocks(self) -> list[nn.Module]:
-        return [self.inception4a, self.inception4b, self.inception4c, self.inception4d, self.inception4e]
-
-    def head(self) -> list[nn.Module]:
+    def head_modules(self) -> list[nn.Module]:
         return [self.aux1, self.aux2, self.fc] if self.aux_logits else [self.fc]
 
     def reset_classifier(self, num_classes: int) -> None:
@@ -206,7 +201,8 @@ class GoogLeNet(Backbone):
         """Logits and both auxiliary logits, in any mode (needs ``aux_logits=True``)."""
         if not self.aux_logits:
             raise RuntimeError("forward_aux needs a model built with aux_logits=True")
-        stem, s1, s2, _, s4 = self.stages()
+        # The auxiliary heads tap stage 3 (maxpool3, inception4a-4e) inside, so that stage runs module by module here.
+        stem, s1, s2, _, s4 = self._stage_modules()
         x = self.maxpool3(s2(s1(stem(x))))
         x = self.inception4a(x)
         aux1 = self.aux1(x)
@@ -441,18 +437,16 @@ class InceptionV3(Backbone):
             FeatureInfo(768, 16),
             FeatureInfo(2048, 32),
         ]
+        # timm's feature_info split: stem convs, 73->71 convs, 35x35, 17x17 and 8x8 grids (timm's names).
+        self.set_stages(
+            StageGroup(self, "input_transform", "Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3"),
+            StageGroup(self, "Pool1", "Conv2d_3b_1x1", "Conv2d_4a_3x3"),
+            StageGroup(self, "Pool2", "Mixed_5b", "Mixed_5c", "Mixed_5d"),
+            StageGroup(self, "Mixed_6a", "Mixed_6b", "Mixed_6c", "Mixed_6d", "Mixed_6e"),
+            StageGroup(self, "Mixed_7a", "Mixed_7b", "Mixed_7c"),
+        )
 
-    def stages(self) -> list[nn.Module]:
-        """timm's feature_info split: stem convs, 73->71 convs, 35x35, 17x17 and 8x8 grids."""
-        return [
-            nn.Sequential(self.input_transform, self.Conv2d_1a_3x3, self.Conv2d_2a_3x3, self.Conv2d_2b_3x3),
-            nn.Sequential(self.Pool1, self.Conv2d_3b_1x1, self.Conv2d_4a_3x3),
-            nn.Sequential(self.Pool2, self.Mixed_5b, self.Mixed_5c, self.Mixed_5d),
-            nn.Sequential(self.Mixed_6a, self.Mixed_6b, self.Mixed_6c, self.Mixed_6d, self.Mixed_6e),
-            nn.Sequential(self.Mixed_7a, self.Mixed_7b, self.Mixed_7c),
-        ]
-
-    def head(self) -> list[nn.Module]:
+    def head_modules(self) -> list[nn.Module]:
         return [self.AuxLogits, self.fc] if self.aux_logits else [self.fc]
 
     def reset_classifier(self, num_classes: int) -> None:
@@ -464,7 +458,7 @@ class InceptionV3(Backbone):
         """Logits and auxiliary logits, in any mode (needs ``aux_logits=True``)."""
         if not self.aux_logits:
             raise RuntimeError("forward_aux needs a model built with aux_logits=True")
-        *trunk, last = self.stages()
+        *trunk, last = self._stage_modules()
         for stage in trunk:
             x = stage(x)
         aux = self.AuxLogits(x)

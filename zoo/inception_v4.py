@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from zoo._backbone import Backbone, FeatureInfo, linear_or_identity
+from zoo._backbone import Backbone, FeatureInfo, StageGroup, linear_or_identity
 from zoo._registry import INCEPTION_MEAN, INCEPTION_STD, register_model
 from zoo.layers import ConvNormAct
 
@@ -216,11 +216,9 @@ class InceptionV4(Backbone):
             FeatureInfo(1024, 16),
             FeatureInfo(1536, 32),
         ]
-
-    def stages(self) -> list[nn.Module]:
-        """timm's feature_info split: features[0:3], [3], [4:10], [10:18], [18:22]."""
-        f = self.features
-        return [f[0:3], f[3:4], f[4:10], f[10:18], f[18:22]]
+        # timm's feature_info split of ``features``: [0:3], [3], [4:10], [10:18], [18:22].
+        cuts = ((0, 3), (3, 4), (4, 10), (10, 18), (18, 22))
+        self.set_stages(*(StageGroup(self, *(f"features.{i}" for i in range(a, b))) for a, b in cuts))
 
 
 @register_model(
@@ -372,16 +370,14 @@ class InceptionResnetV2(Backbone):
             FeatureInfo(1088, 16),
             FeatureInfo(1536, 32),
         ]
-
-    def stages(self) -> list[nn.Module]:
-        """timm's feature_info split, ending at conv2d_2b, conv2d_4a, repeat, repeat_1 and conv2d_7b."""
-        return [
-            nn.Sequential(self.conv2d_1a, self.conv2d_2a, self.conv2d_2b),
-            nn.Sequential(self.maxpool_3a, self.conv2d_3b, self.conv2d_4a),
-            nn.Sequential(self.maxpool_5a, self.mixed_5b, self.repeat),
-            nn.Sequential(self.mixed_6a, self.repeat_1),
-            nn.Sequential(self.mixed_7a, self.repeat_2, self.block8, self.conv2d_7b),
-        ]
+        # timm's feature_info split, ending at conv2d_2b, conv2d_4a, repeat, repeat_1 and conv2d_7b (timm's names).
+        self.set_stages(
+            StageGroup(self, "conv2d_1a", "conv2d_2a", "conv2d_2b"),
+            StageGroup(self, "maxpool_3a", "conv2d_3b", "conv2d_4a"),
+            StageGroup(self, "maxpool_5a", "mixed_5b", "repeat"),
+            StageGroup(self, "mixed_6a", "repeat_1"),
+            StageGroup(self, "mixed_7a", "repeat_2", "block8", "conv2d_7b"),
+        )
 
 
 @register_model(

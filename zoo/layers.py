@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from zoo._backbone import StageGroup
+
 NormLayer = Callable[[int], nn.Module]
 
 
@@ -431,17 +433,34 @@ class DeformableConv2d(nn.Module):
         return self.conv_offset.in_channels // self.weight.shape[1]
 
 
-def cell_stages(model: nn.Module, stem: list[nn.Module]) -> list[nn.Module]:
-    """Stages of a NAS cell network (NASNet, PNASNet, AmoebaNet): the stem modules, then one parameter group per
-    resolution, cut after each name in ``model._stage_ends``, the final activation in the last group.
+class CellStage(StageGroup):
+    """Consecutive cells of a NAS cell network (NASNet, PNASNet, AmoebaNet) run as one stage.
 
-    Cells take two inputs, so the groups are ``nn.ModuleList``s for freezing, not callables; the family's
-    ``forward_stages`` runs them.
+    A cell reads the outputs of the two cells before it, so a stage maps the pair ``(x, x_prev)`` to the pair and
+    the next stage goes on from there. :meth:`step` is one cell's wiring (AmoebaNet's here; the families whose
+    wiring differs override it). The cells keep their top-level timm names on the model; this is a view on them.
     """
-    groups: list[list[nn.Module]] = [[]]
+
+    def forward(self, x: torch.Tensor, x_prev: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        for i in range(len(self)):
+            x, x_prev = self.step(self[i], x, x_prev)
+        return x, x_prev
+
+    @staticmethod
+    def step(cell: nn.Module, x: torch.Tensor, x_prev: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run one cell on ``(x, x_prev)``; return the new ``(x, x_prev)``."""
+        return cell(x, x_prev), x
+
+
+def cell_stages(model: nn.Module, stem: list[str], stage: type[CellStage] = CellStage) -> list[str | CellStage]:
+    """Stages of a NAS cell network for ``set_stages``: the stem modules' names, then one :class:`CellStage` per
+    resolution, cut after each name in ``model._stage_ends``; the final activation belongs to the last one (as an
+    extra member: the family's ``forward_stages`` applies it, after the stage).
+    """
+    groups: list[list[str]] = [[]]
     for name in model.layer_names:
-        groups[-1].append(getattr(model, name))
+        groups[-1].append(name)
         if name in model._stage_ends:
             groups.append([])
-    groups[-2].append(model.act)
-    return [*stem, *(nn.ModuleList(g) for g in groups[:-1])]
+    *firsts, last = groups[:-1]
+    return [*stem, *(stage(model, *g) for g in firsts), stage(model, *last, extra={"act": "act"})]

@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zoo._backbone import Backbone, FeatureInfo, linear_or_identity
+from zoo._backbone import Backbone, FeatureInfo, StageGroup, linear_or_identity
 from zoo._registry import INCEPTION_MEAN, INCEPTION_STD, register_model
 
 # Table I of the paper: which S2 maps (rows) each C3 map (column) reads.
@@ -141,15 +141,14 @@ class LeNet5(Backbone):
                 fan_in = m.weight[0].numel()
                 nn.init.uniform_(m.weight, -2.4 / fan_in, 2.4 / fan_in)
                 nn.init.zeros_(m.bias)
+        # One squashing module serves every layer, so it appears in each stage (it holds no parameters).
+        self.set_stages(
+            StageGroup(self, "c1", "act", "s2", "act"),
+            StageGroup(self, "c3", "act", "s4", "act"),
+            StageGroup(self, "c5", "act"),
+        )
 
-    def stages(self) -> list[nn.Module]:
-        return [
-            nn.Sequential(self.c1, self.act, self.s2, self.act),
-            nn.Sequential(self.c3, self.act, self.s4, self.act),
-            nn.Sequential(self.c5, self.act),
-        ]
-
-    def head(self) -> list[nn.Module]:
+    def head_modules(self) -> list[nn.Module]:
         return [self.f6, self.fc]
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:

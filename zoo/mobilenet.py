@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from zoo._backbone import Backbone, FeatureInfo, linear_or_identity
+from zoo._backbone import Backbone, FeatureInfo, StageGroup, linear_or_identity
 from zoo._registry import INCEPTION_MEAN, INCEPTION_STD, StateDict, register_model
 from zoo.layers import BatchNormAct2d, DepthwiseSeparableConv, InvertedResidual
 
@@ -123,12 +123,9 @@ class MobileNet(Backbone):
                 bound = 1.0 / m.weight.shape[0] ** 0.5
                 nn.init.uniform_(m.weight, -bound, bound)
                 nn.init.zeros_(m.bias)
-
-    def stages(self) -> list[nn.Module]:
-        out: list[nn.Module] = [nn.Sequential(self.conv_stem, self.bn1), *self.blocks]
-        if self.conv_head is not None and self.bn2 is not None:
-            out.append(nn.Sequential(self.conv_head, self.bn2))
-        return out
+        # Stem and head convs keep timm's top-level names; StageGroups run each with its norm.
+        head = [StageGroup(self, "conv_head", "bn2")] if head_chs else []
+        self.set_stages(StageGroup(self, "conv_stem", "bn1"), *(f"blocks.{i}" for i in range(len(stages))), *head)
 
 
 # -- torchvision checkpoints --------------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ check :meth:`MSDNet.exit_macs` (0.34 / 0.68 / 1.00 / 1.25 / 1.36G) against the t
 Contract: ``forward`` returns the last exit's logits, ``forward_exits`` all exits' logits, :meth:`MSDNet.loss`
 the paper's training objective (unweighted sum of all exits' cross-entropy), :meth:`MSDNet.predict_anytime`
 the confidence-thresholded early exit of the budgeted batch setting (Sec. 3). ``stages()`` is the stem and the
-five blocks; exits 1-4 belong to their block's stage and the last exit is ``head()``. In training mode
+five blocks; exits 1-4 belong to their block's stage and the last exit is ``head_modules()``. In training mode
 ``forward`` also runs exits 1-4 and ties them into the graph with zero gradient, so every parameter is used
 (DDP without ``find_unused_parameters``); only ``loss``/``forward_exits`` train them. ``forward_features`` (and
 every ``forward_stages`` entry) is the coarsest scale, the map the exits read.
@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zoo._backbone import Backbone, FeatureInfo
+from zoo._backbone import Backbone, FeatureInfo, StageGroup
 from zoo._registry import register_model
 
 PAPER = "Multi-Scale Dense Networks for Resource Efficient Image Classification"
@@ -187,20 +187,6 @@ class ClassifierModule(nn.Module):
         return self.linear(self.pre_logits(x))
 
 
-class _Stage(nn.Module):
-    """A block grouped with its exit for ``stages()`` (made on the fly; maps scales to scales)."""
-
-    def __init__(self, layers: list[nn.Module], exit_: nn.Module | None) -> None:
-        super().__init__()
-        self.layers = nn.ModuleList(layers)
-        self.exit = exit_
-
-    def forward(self, x: Any) -> Scales:
-        for layer in self.layers:
-            x = layer(x)
-        return x
-
-
 class _TieExits(torch.autograd.Function):
     """Returns the last exit's logits; backward sends zero gradients to the other exits.
 
@@ -301,21 +287,24 @@ class MSDNet(Backbone):
                 nn.init.zeros_(m.bias)
             elif isinstance(m, nn.Linear):
                 nn.init.zeros_(m.bias)
+        # The stem (block 0's first layer), then each block with its exit as an ``extra`` member: the exit trains
+        # with its block but the stage maps scales to scales (the exits run in ``forward_exits``).
+        first = [f"blocks.0.{j}" for j in range(1, len(self.blocks[0]))]
+        self.set_stages(
+            "blocks.0.0",
+            *(
+                StageGroup(self, *(first if i == 0 else [f"blocks.{i}"]), extra={"exit": f"classifier.{i}"})
+                for i in range(n_blocks - 1)
+            ),
+            StageGroup(self, *(first if n_blocks == 1 else [f"blocks.{n_blocks - 1}"])),
+        )
 
     # -- Backbone contract -------------------------------------------------------------------------------------
     @property
     def num_exits(self) -> int:
         return len(self.blocks)
 
-    def stages(self) -> list[nn.Module]:
-        first = self.blocks[0]
-        out: list[nn.Module] = [first[0]]
-        for i, block in enumerate(self.blocks):
-            layers = list(block)[1:] if i == 0 else list(block)
-            out.append(_Stage(layers, self.classifier[i] if i < self.num_exits - 1 else None))
-        return out
-
-    def head(self) -> list[nn.Module]:
+    def head_modules(self) -> list[nn.Module]:
         return [self.classifier[-1]]
 
     def get_classifier(self) -> nn.Module:
@@ -330,8 +319,9 @@ class MSDNet(Backbone):
         self._macs_cache.clear()
 
     def _run(self, i: int, x: Any) -> Scales:
-        """Block ``i`` (block 0 includes the stem) on an image batch or a list of scales."""
-        return self.blocks[i](x)
+        """Block ``i`` (block 0 includes the stem) on an image batch or a list of scales, through its stage."""
+        stages = self._stage_modules()
+        return stages[1](stages[0](x)) if i == 0 else stages[i + 1](x)
 
     def _exit(self, i: int, x: Scales) -> torch.Tensor:
         c = self.classifier[i]
@@ -342,7 +332,7 @@ class MSDNet(Backbone):
 
     def forward_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
         outs = []
-        for stage in self.stages():
+        for stage in self._stage_modules():
             x = stage(x)
             outs.append(x[-1])
         return outs

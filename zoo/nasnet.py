@@ -10,7 +10,8 @@ Paper numbers: Table 2 (ImageNet, 331x331), NASNet-A (N=6, F=168, "6 @ 4032"): 8
 
 Layout: a 3x3 stride-2 stem conv, two reduction "stem cells", then three stacks of six normal cells separated by two
 reduction cells; channels double at every reduction. Each cell reads the outputs of the two previous cells
-(``x``, ``x_prev``), so the trunk is not a plain sequence: ``forward_features``/``forward_stages`` carry the pair.
+(``x``, ``x_prev``), so the trunk is not a plain sequence: each cell stage (a :class:`~zoo.layers.CellStage`) maps
+the pair to the pair, and ``forward_features``/``forward_stages`` carry it from stage to stage.
 Padding is TensorFlow's 'SAME' (asymmetric at stride 2), as the ported weights expect.
 """
 
@@ -24,7 +25,15 @@ from torch import nn
 
 from zoo._backbone import Backbone, FeatureInfo, linear_or_identity
 from zoo._registry import INCEPTION_MEAN, INCEPTION_STD, register_model
-from zoo.layers import ActConvBn, BranchSeparables, ConvNormAct, cell_stages, create_pool2d_same, factorized_paths
+from zoo.layers import (
+    ActConvBn,
+    BranchSeparables,
+    CellStage,
+    ConvNormAct,
+    cell_stages,
+    create_pool2d_same,
+    factorized_paths,
+)
 
 _BN = partial(nn.BatchNorm2d, eps=1e-3)
 
@@ -149,12 +158,23 @@ class ReductionCell(_ReductionOps):
         return self._reduce(self.conv_1x1(x), self.conv_prev_1x1(x_prev))
 
 
+class _NASNetStage(CellStage):
+    @staticmethod
+    def step(cell: nn.Module, x: torch.Tensor, x_prev: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # A reduction cell leaves x_prev in place, so the cell after it still sees the last full-resolution output
+        # (through its factorized reduction).
+        if isinstance(cell, ReductionCell):
+            return cell(x, x_prev), x_prev
+        return cell(x, x_prev), x
+
+
 class NASNetALarge(Backbone):
     """NASNet-A Large (N=6 normal cells per stack, 4032 final channels).
 
     Stages (``stages()``/``feature_info``): the stem conv (r2), the first stem cell (r4), then one stage per
-    resolution (r8, r16, r32), each opening with its reduction cell. Intermediate stage outputs are ReLU-activated,
-    as every consumer cell activates them first (timm's ``forward_intermediates`` taps the same tensors).
+    resolution (r8, r16, r32), each opening with its reduction cell; the three are ``CellStage`` views that map
+    ``(x, x_prev)`` to ``(x, x_prev)``. Intermediate stage outputs are ReLU-activated, as every consumer cell
+    activates them first (timm's ``forward_intermediates`` taps the same tensors).
 
     Args:
         num_classes: classifier width (0: no classifier).
@@ -182,8 +202,7 @@ class NASNetALarge(Backbone):
         self.conv0 = ConvNormAct(in_chans, stem_size, 3, stride=2, padding=0, norm_layer=_BN, act_layer=None)
         self.cell_stem_0 = CellStem0(stem_size, c // 4)
         self.cell_stem_1 = CellStem1(stem_size, c // 2)
-        # Forward order of the cells: each reads (x, x_prev); a reduction cell leaves x_prev in place so the cell
-        # after it still sees the last full-resolution output (through its factorized reduction).
+        # Forward order of the cells: each reads (x, x_prev) (see _NASNetStage.step for a reduction cell's).
         self.layer_names = ["cell_stem_1"]
         prev_chs, cur_chs, idx = c, 2 * c, 0
         for stack in range(3):
@@ -212,27 +231,18 @@ class NASNetALarge(Backbone):
             FeatureInfo(12 * c, 16),
             FeatureInfo(24 * c, 32),
         ]
-
-    def stages(self) -> list[nn.Module]:
-        """conv0, cell_stem_0, then [cell_stem_1 + stack 0], [reduction_cell_0 + stack 1], [... + act].
-
-        The grouped stages are ``nn.ModuleList`` parameter groups: cells take two inputs, so run them through
-        ``forward_stages``/``forward_features`` rather than calling a group.
-        """
-        return cell_stages(self, [self.conv0, self.cell_stem_0])
+        # conv0, cell_stem_0, then [cell_stem_1 + stack 0], [reduction_cell_0 + stack 1], [... + act]; the cell
+        # stages map (x, x_prev) to (x, x_prev), so forward_stages runs them rather than a plain chain.
+        self.set_stages(*cell_stages(self, ["conv0", "cell_stem_0"], _NASNetStage))
 
     def forward_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
-        x_prev = self.conv0(x)
-        x = self.cell_stem_0(x_prev)
+        conv0, cell_stem_0, *stages = self._stage_modules()
+        x_prev = conv0(x)
+        x = cell_stem_0(x_prev)
         outs = [x_prev, F.relu(x)]
-        for name in self.layer_names:
-            cell = getattr(self, name)
-            if name.startswith("reduction"):
-                x = cell(x, x_prev)
-            else:
-                x_prev, x = x, cell(x, x_prev)
-            if name in self._stage_ends:
-                outs.append(F.relu(x) if name != self._stage_ends[-1] else self.act(x))
+        for i, stage in enumerate(stages):
+            x, x_prev = stage(x, x_prev)
+            outs.append(F.relu(x) if i < len(stages) - 1 else self.act(x))
         return outs
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:

@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zoo._backbone import Backbone, FeatureInfo
+from zoo._backbone import Backbone, FeatureInfo, StageGroup
 from zoo._registry import IMAGENET_MEAN, IMAGENET_STD, register_model
 
 
@@ -90,16 +90,16 @@ class NIN(Backbone):
                 nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
                 nn.init.zeros_(m.bias)
 
-    def _mlpconv(self, *convs: nn.Module) -> list[nn.Module]:
-        return [m for conv in convs for m in (conv, self.act)]
+        def mlpconv(*convs: str, then: tuple[str, ...] = ()) -> StageGroup:
+            # one ReLU and one pool module serve every block (no parameters), as in the Caffe model's in-place layers
+            return StageGroup(self, *(m for conv in convs for m in (conv, "act")), *then)
 
-    def stages(self) -> list[nn.Module]:
-        return [
-            nn.Sequential(*self._mlpconv(self.conv1, self.cccp1, self.cccp2), self.pool),
-            nn.Sequential(*self._mlpconv(self.conv2, self.cccp3, self.cccp4), self.pool),
-            nn.Sequential(*self._mlpconv(self.conv3, self.cccp5, self.cccp6), self.pool, self.drop),
-            nn.Sequential(*self._mlpconv(self.conv4, self.cccp7)),
-        ]
+        self.set_stages(
+            mlpconv("conv1", "cccp1", "cccp2", then=("pool",)),
+            mlpconv("conv2", "cccp3", "cccp4", then=("pool",)),
+            mlpconv("conv3", "cccp5", "cccp6", then=("pool", "drop")),
+            mlpconv("conv4", "cccp7"),
+        )
 
     def reset_classifier(self, num_classes: int) -> None:
         self.num_classes = num_classes

@@ -29,6 +29,7 @@ from zoo._registry import INCEPTION_MEAN, INCEPTION_STD, register_model
 from zoo.layers import (
     ActConvBn,
     BranchSeparables,
+    CellStage,
     ConvNormAct,
     FactorizedReduction,
     cell_stages,
@@ -126,12 +127,19 @@ class Cell(_CellBase):
         return self.cell_forward(self.conv_prev_1x1(x_left), self.conv_1x1(x_right))
 
 
+class _PNASNetStage(CellStage):
+    @staticmethod
+    def step(cell: nn.Module, x: torch.Tensor, x_prev: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return cell(x_prev, x), x  # timm's argument order: (left = previous, right = current)
+
+
 class PNASNet5Large(Backbone):
     """PNASNet-5 Large (N=4 cells per stack, F=216, 4320 final channels).
 
     Stages (``stages()``/``feature_info``): the stem conv (r2), the first stem cell (r4), then [cell_stem_1 +
-    cells 0-3] (r8), [cells 4-7] (r16), [cells 8-11 + final ReLU] (r32). Intermediate stage outputs are
-    ReLU-activated, as timm's ``forward_intermediates`` taps them.
+    cells 0-3] (r8), [cells 4-7] (r16), [cells 8-11 + final ReLU] (r32), the last three ``CellStage`` views that
+    map ``(x, x_prev)`` to ``(x, x_prev)``. Intermediate stage outputs are ReLU-activated, as timm's
+    ``forward_intermediates`` taps them.
 
     Args:
         num_classes: classifier width (0: no classifier).
@@ -167,19 +175,17 @@ class PNASNet5Large(Backbone):
             FeatureInfo(2160, 16),
             FeatureInfo(4320, 32),
         ]
-
-    def stages(self) -> list[nn.Module]:
-        """conv_0, cell_stem_0, then three ``nn.ModuleList`` groups of cells (run through ``forward_stages``)."""
-        return cell_stages(self, [self.conv_0, self.cell_stem_0])
+        # conv_0, cell_stem_0, then three CellStages ((x, x_prev) -> (x, x_prev), run by forward_stages)
+        self.set_stages(*cell_stages(self, ["conv_0", "cell_stem_0"], _PNASNetStage))
 
     def forward_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
-        x_prev = self.conv_0(x)
-        x = self.cell_stem_0(x_prev)
+        conv_0, cell_stem_0, *stages = self._stage_modules()
+        x_prev = conv_0(x)
+        x = cell_stem_0(x_prev)
         outs = [x_prev, F.relu(x)]
-        for name in self.layer_names:
-            x_prev, x = x, getattr(self, name)(x_prev, x)
-            if name in self._stage_ends:
-                outs.append(F.relu(x) if name != self._stage_ends[-1] else self.act(x))
+        for i, stage in enumerate(stages):
+            x, x_prev = stage(x, x_prev)
+            outs.append(F.relu(x) if i < len(stages) - 1 else self.act(x))
         return outs
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:

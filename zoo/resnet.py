@@ -38,7 +38,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from zoo._backbone import Backbone, FeatureInfo, linear_or_identity
+from zoo._backbone import Backbone, FeatureInfo, StageGroup, linear_or_identity
 from zoo._registry import StateDict, register_model
 from zoo.layers import DeformableConv2d, DropPath, NormLayer, SqueezeExcite, dilate_strides, get_norm_layer
 
@@ -261,6 +261,9 @@ class ResNet(Backbone):
         self.num_features = in_chs
         self.fc = linear_or_identity(in_chs, num_classes)
         self._init_weights(zero_init_last)
+        # The stem's modules stay top-level (timm's conv1/bn1 keys); a StageGroup runs them as one stage.
+        stem = StageGroup(self, "conv1", "bn1", "act1", "maxpool")
+        self.set_stages(stem, "layer1", "layer2", "layer3", "layer4")
 
     def _init_weights(self, zero_init_last: bool) -> None:
         for m in self.modules():
@@ -271,10 +274,6 @@ class ResNet(Backbone):
                 m.reset_offset()  # the loop above re-drew the offset conv; it must start at zero
             elif zero_init_last and hasattr(m, "zero_init_last"):
                 m.zero_init_last()
-
-    def stages(self) -> list[nn.Module]:
-        stem = nn.Sequential(self.conv1, self.bn1, self.act1, self.maxpool)
-        return [stem, self.layer1, self.layer2, self.layer3, self.layer4]
 
 
 _TV_KEY = re.compile(

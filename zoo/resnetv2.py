@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from zoo._backbone import Backbone, FeatureInfo, linear_or_identity
+from zoo._backbone import Backbone, FeatureInfo, StageGroup, linear_or_identity
 from zoo._registry import INCEPTION_MEAN, INCEPTION_STD, StateDict, register_model
 from zoo.layers import BatchNormAct2d, DropPath, make_divisible
 
@@ -134,10 +134,11 @@ class ResNetV2(Backbone):
         self.layers = nn.Sequential(*stages)
         self.norm = BatchNormAct2d(in_chs)  # the pre-activation of the (absent) next block
         self.num_features = in_chs
-        # Registered as ``head`` for timm's ``head.fc`` keys; attribute lookup still finds the contract's head()
-        # method first, so the module is reached through classifier_head (as in zoo.vgg).
-        self.head = ClassifierHead(in_chs, num_classes)  # type: ignore[method-assign]
+        self.head = ClassifierHead(in_chs, num_classes)
         self._init_weights(zero_init_last)
+        # The final norm closes the last stage, so its output is what forward_features returns.
+        last = len(stages) - 1
+        self.set_stages("stem", *(f"layers.{i}" for i in range(last)), StageGroup(self, f"layers.{last}", "norm"))
 
     def _init_weights(self, zero_init_last: bool) -> None:
         for m in self.modules():
@@ -150,24 +151,15 @@ class ResNetV2(Backbone):
             if zero_init_last and isinstance(m, PreActBottleneck):
                 m.zero_init_last()
 
-    def stages(self) -> list[nn.Module]:
-        # The final norm closes the last stage, so its output is what forward_features returns.
-        return [self.stem, *self.layers[:-1], nn.Sequential(self.layers[-1], self.norm)]
-
-    @property
-    def classifier_head(self) -> ClassifierHead:
-        """The module stored under the ``head`` key."""
-        return self._modules["head"]  # type: ignore[return-value]
-
-    def head(self) -> list[nn.Module]:
-        return [self.classifier_head]
+    def head_modules(self) -> list[nn.Module]:
+        return [self.head]
 
     def get_classifier(self) -> nn.Module:
-        return self.classifier_head.fc
+        return self.head.fc
 
     def reset_classifier(self, num_classes: int) -> None:
         self.num_classes = num_classes
-        self.classifier_head.fc = linear_or_identity(self.num_features, num_classes)
+        self.head.fc = linear_or_identity(self.num_features, num_classes)
 
 
 def convert_timm(state_dict: StateDict) -> StateDict:

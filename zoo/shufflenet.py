@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zoo._backbone import Backbone, FeatureInfo, linear_or_identity
+from zoo._backbone import Backbone, FeatureInfo, StageGroup, linear_or_identity
 from zoo._registry import IMAGENET_MEAN, IMAGENET_STD, StateDict, register_model
 from zoo.layers import ConvNormAct, channel_shuffle
 
@@ -151,10 +151,9 @@ class ShuffleNet(Backbone):
             self.feature_info.append(FeatureInfo(in_chs, 32))
         self.num_features = in_chs
         self.fc = linear_or_identity(in_chs, num_classes)
-
-    def stages(self) -> list[nn.Module]:
-        stages = [nn.Sequential(self.conv1, self.maxpool), self.stage2, self.stage3, self.stage4]
-        return stages + ([self.conv5] if self.conv5 is not None else [])
+        # conv1 and maxpool keep their top-level (torchvision-like) names; a StageGroup runs them as the stem.
+        stem = StageGroup(self, "conv1", "maxpool")
+        self.set_stages(stem, "stage2", "stage3", "stage4", *(["conv5"] if self.conv5 is not None else []))
 
 
 # ---- torchvision (v2) ---------------------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zoo._backbone import Backbone, FeatureInfo, linear_or_identity
+from zoo._backbone import Backbone, FeatureInfo, StageGroup, linear_or_identity
 from zoo._registry import StateDict, register_model
 
 PAPER = "Very Deep Convolutional Networks for Large-Scale Image Recognition"
@@ -76,8 +76,8 @@ class VGG(Backbone):
 
     Five stages, one per conv group, each ending with its max-pool (reductions 2, 4, 8, 16, 32). The head is
     ``pre_logits`` (the two FC-4096 layers, so ``head_hidden_size`` is 4096 while ``num_features`` is 512) then
-    ``head`` (pool, dropout, ``head.fc``). The ``head`` module is registered under that name to keep timm's
-    ``head.fc`` keys; ``self.head()`` stays the Backbone method, the module is :attr:`classifier_head`.
+    ``head`` (pool, dropout, ``head.fc``, timm's keys). Each stage is a :class:`~zoo._backbone.StageGroup` over
+    its slice of ``features``, so the keys stay ``features.N`` as in timm and torchvision.
 
     Args:
         cfg: conv widths and ``"M"`` pools (see :data:`CFGS`).
@@ -99,14 +99,14 @@ class VGG(Backbone):
         self.num_classes = num_classes
         self.drop_rate = drop_rate
         layers: list[nn.Module] = []
-        self._stage_ends: list[int] = []
+        stage_ends: list[int] = []
         self.feature_info = []
         chs, reduction = in_chans, 1
         for v in cfg:
             if v == "M":
                 layers.append(nn.MaxPool2d(2, 2))
                 reduction *= 2
-                self._stage_ends.append(len(layers))
+                stage_ends.append(len(layers))
                 self.feature_info.append(FeatureInfo(chs, reduction))
                 continue
             assert isinstance(v, int)
@@ -119,8 +119,7 @@ class VGG(Backbone):
         self.num_features = chs
         self.head_hidden_size = 4096
         self.pre_logits = ConvMlp(chs, self.head_hidden_size, 7, drop_rate=drop_rate)
-        # nn.Module.__setattr__ registers it in _modules; attribute lookup still finds the head() method first
-        self.head = ClassifierHead(self.head_hidden_size, num_classes, drop_rate)  # type: ignore[method-assign]
+        self.head = ClassifierHead(self.head_hidden_size, num_classes, drop_rate)
 
         # torchvision's (and timm's) init
         for m in self.modules():
@@ -135,30 +134,23 @@ class VGG(Backbone):
                 nn.init.normal_(m.weight, 0, 0.01)
                 nn.init.zeros_(m.bias)
 
-    @property
-    def classifier_head(self) -> ClassifierHead:
-        """The pool-dropout-linear module stored under the ``head`` key."""
-        return self._modules["head"]  # type: ignore[return-value]
+        # One stage per conv group, closed by its max-pool; every cfg ends with a pool, so they cover ``features``.
+        assert stage_ends[-1] == len(layers), "a VGG cfg ends with a max-pool"
+        cuts = zip([0, *stage_ends[:-1]], stage_ends)
+        self.set_stages(*(StageGroup(self, *(f"features.{i}" for i in range(a, b))) for a, b in cuts))
 
-    def stages(self) -> list[nn.Module]:
-        starts = [0, *self._stage_ends[:-1]]
-        return [self.features[a:b] for a, b in zip(starts, self._stage_ends)]
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.features(x)
-
-    def head(self) -> list[nn.Module]:
-        return [self.pre_logits, self.classifier_head]
+    def head_modules(self) -> list[nn.Module]:
+        return [self.pre_logits, self.head]
 
     def get_classifier(self) -> nn.Module:
-        return self.classifier_head.fc
+        return self.head.fc
 
     def reset_classifier(self, num_classes: int) -> None:
         self.num_classes = num_classes
-        self.classifier_head.fc = linear_or_identity(self.head_hidden_size, num_classes)
+        self.head.fc = linear_or_identity(self.head_hidden_size, num_classes)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        return self.classifier_head(self.pre_logits(x), pre_logits=pre_logits)
+        return self.head(self.pre_logits(x), pre_logits=pre_logits)
 
 
 # -- torchvision checkpoints --------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from zoo._backbone import Backbone, FeatureInfo, linear_or_identity
+from zoo._backbone import Backbone, FeatureInfo, StageGroup, linear_or_identity
 from zoo._registry import INCEPTION_MEAN, INCEPTION_STD, register_model
 
 
@@ -134,16 +134,15 @@ class Xception(Backbone):
         for m in self.modules():  # timm's init
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-
-    def stages(self) -> list[nn.Module]:
-        """timm's feature_info split: stem, block1, block2, block3-11 (to stride 16), block12 + exit convs."""
-        return [
-            nn.Sequential(self.conv1, self.bn1, self.act1, self.conv2, self.bn2, self.act2),
-            self.block1,
-            self.block2,
-            nn.Sequential(*[getattr(self, f"block{i}") for i in range(3, 12)]),
-            nn.Sequential(self.block12, self.conv3, self.bn3, self.act3, self.conv4, self.bn4, self.act4),
-        ]
+        # timm's feature_info split: stem, block1, block2, block3-11 (to stride 16), block12 + exit convs; the
+        # modules keep timm's top-level names, StageGroups run them.
+        self.set_stages(
+            StageGroup(self, "conv1", "bn1", "act1", "conv2", "bn2", "act2"),
+            "block1",
+            "block2",
+            StageGroup(self, *(f"block{i}" for i in range(3, 12))),
+            StageGroup(self, "block12", "conv3", "bn3", "act3", "conv4", "bn4", "act4"),
+        )
 
 
 @register_model(

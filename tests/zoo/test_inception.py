@@ -96,7 +96,7 @@ def test_googlenet_aux_heads_match_torchvision() -> None:
 
 def test_googlenet_aux_training_contract() -> None:
     model = zoo.create_model("googlenet", aux_logits=True, num_classes=4)
-    in_head = {id(p) for h in model.head() for p in h.parameters()}
+    in_head = {id(p) for h in model.head_modules() for p in h.parameters()}
     in_stages = {id(p) for s in model.stages() for p in s.parameters()}
     assert not in_head & in_stages and in_head | in_stages == {id(p) for p in model.parameters()}
     model.reset_classifier(3)

@@ -19,18 +19,38 @@ def _input(spec: zoo.ArchSpec, batch: int = 2, seed: int = 0) -> torch.Tensor:
     return torch.randn(batch, spec.input_size[0], spec.min_size, spec.min_size, generator=g)
 
 
+def _watch_stages(model: zoo.Backbone) -> list[int]:
+    """Hook every stage (the list records which ran, in order), then make ``model.stages()`` raise.
+
+    No forward path may call ``stages()``: it is for callers outside the model, and the forward runs the very
+    modules it returns, so a hook on a stage fires.
+    """
+    stages = model.stages()
+    assert all(a is b for a, b in zip(stages, model.stages(), strict=True)), "stages() built new modules"
+    fired: list[int] = []
+    for i, stage in enumerate(stages):
+        stage.register_forward_hook(lambda *_, i=i: fired.append(i))
+
+    def forbidden() -> list[torch.nn.Module]:
+        raise AssertionError("a forward path called stages()")
+
+    model.stages = forbidden  # an instance attribute shadows the method
+    return fired
+
+
 @pytest.mark.parametrize("name", MODELS)
 def test_contract(name: str) -> None:
+    """Parameter count, stages/head coverage, held stages run by every forward (hooks fire), shapes, gradients."""
     spec = zoo.get_spec(name)
     torch.manual_seed(0)
     model = zoo.create_model(name)
     params = list(model.parameters())
     assert sum(p.numel() for p in params) == spec.num_params, "ArchSpec.num_params disagrees with the built model"
 
-    # stages() + head() cover every parameter exactly once
+    # stages() + head_modules() cover every parameter exactly once
     seen: dict[int, str] = {}
     groups = [(f"stage{i}", s) for i, s in enumerate(model.stages())] + [
-        (f"head{i}", h) for i, h in enumerate(model.head())
+        (f"head{i}", h) for i, h in enumerate(model.head_modules())
     ]
     for group, module in groups:
         for p in module.parameters():
@@ -39,12 +59,15 @@ def test_contract(name: str) -> None:
     missing = [n for n, p in model.named_parameters() if id(p) not in seen]
     assert not missing, f"parameters in no stage and not in the head: {missing[:5]}"
     assert len(model.feature_info) == len(model.stages())
+    n_stages = len(model.feature_info)
 
     model.reset_classifier(5)
+    fired = _watch_stages(model)
     x = _input(spec)
     model.train()
     out = model(x)
     assert out.shape == (2, 5)
+    assert n_stages - 1 in fired, "a forward hook on stages()[-1] did not fire during model(x) in training mode"
     out.square().mean().backward()
     no_grad = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
     assert not no_grad, f"parameters without gradient: {no_grad[:5]}"
@@ -64,7 +87,10 @@ def test_contract(name: str) -> None:
             assert side == 1 or spec.min_size / (2 * info.reduction) < side <= -(-spec.min_size // info.reduction), (
                 f"stage {i}: {side} pixels wide at input {spec.min_size}, feature_info says reduction {info.reduction}"
             )
-        assert torch.allclose(model.forward_head(feats), model(x), atol=1e-5)
+        fired.clear()
+        logits = model(x)
+        assert fired == list(range(n_stages)), f"stage hooks fired as {fired} in eval, not once each in order"
+        assert torch.allclose(model.forward_head(feats), logits, atol=1e-5)
 
 
 @pytest.mark.parametrize("name", MODELS)

@@ -91,7 +91,7 @@ def test_stages_head_and_classifier_reset(small: MSDNet) -> None:
     assert len(stages) == 1 + small.num_exits
     for i, c in enumerate(small.classifier[:-1]):  # earlier exits belong to their block's stage
         assert stages[i + 1].exit is c
-    assert small.head() == [small.classifier[-1]]
+    assert small.head_modules() == [small.classifier[-1]]
     x = _x(2)
     with torch.no_grad():
         assert small.forward_features(x).shape[1] == small.num_features == small.feature_info[-1].num_chs

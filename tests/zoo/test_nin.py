@@ -47,7 +47,7 @@ def test_reset_classifier_replaces_the_last_1x1_conv() -> None:
     old = m.cccp8
     m.reset_classifier(7)
     assert m.cccp8 is not old and m.cccp8.weight.shape == (7, 1024, 1, 1)
-    assert m.head() == [m.cccp8]
+    assert m.head_modules() == [m.cccp8]
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         assert m(x).shape == (2, 7)

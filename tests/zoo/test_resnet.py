@@ -137,7 +137,7 @@ def test_preact_block_order() -> None:
     assert (outs[4] >= 0).all()  # the last stage ends with the final norm + ReLU
     assert model.pre_logits_dim == 2048 and model.get_classifier().out_features == 1000
     model.reset_classifier(7)
-    assert model.get_classifier().out_features == 7 and model.head() == [model.classifier_head]
+    assert model.get_classifier().out_features == 7 and model.head_modules() == [model.head]
 
 
 def test_resnetv2_convert_timm_maps_stages_and_conv_head() -> None:

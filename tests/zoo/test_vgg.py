@@ -32,8 +32,8 @@ def test_head_keys_and_hidden_size() -> None:
         "head.fc.bias",
     ]
     assert model.num_features == 512 and model.pre_logits_dim == 4096
-    assert model.head() == [model.pre_logits, model.classifier_head]
-    assert model.get_classifier() is model.classifier_head.fc
+    assert model.head_modules() == [model.pre_logits, model.head]
+    assert model.get_classifier() is model.head.fc
     model.reset_classifier(0)
     model.eval()
     with torch.no_grad():
