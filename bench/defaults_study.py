@@ -13,6 +13,7 @@ scored once, after its last epoch, on the validation files. Seeds 1 and 2. Exper
   and centre-crop 64" vs the whole image at 64 px (no crop).
 - ``q3lr``: full fine-tune, 1 warmup epoch + cosine, head lr {1e-3, 3e-3} x backbone = head x {0.1, 0.3, 1} at
   ``--ft-epochs`` (default 3; ``--ft-epochs 3,5`` both).
+- ``q3sched``: at ``--lr``: 1 warmup epoch + cosine (the rest of the study) vs constant vs cosine without warmup.
 - ``q3decay``: at ``--lr`` (head lr, backbone multiplier): no decay vs stage decay 0.75 (ours today: stage i of 9
   at decay^(9-i), the backbone at the head lr otherwise) vs decay by depth decay^(L-l) over the L=53 conv/linear
   layers (the classifier is l=L), decay {0.9, 0.95, 0.98}, backbone multiplier 1 (classic layer-wise decay).
@@ -231,7 +232,13 @@ def run_finetune(name: str, cfg: dict, seed: int) -> float:
     x_plain = eval_view(d["xt"], cfg["crop"]) if aug is None else None
     opt = torch.optim.AdamW(param_groups(model, cfg))
     steps = len(d["xt"]) // BATCH + (len(d["xt"]) % BATCH > 1)
-    sched = warmup_cosine(opt, steps, steps * cfg["epochs"])
+    schedule = cfg.get("schedule", "warmup_cosine")
+    total = steps * cfg["epochs"]
+    warm = steps if schedule == "warmup_cosine" else 0
+    if schedule == "constant":
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
+    else:
+        sched = warmup_cosine(opt, warm, total)
     for step in range(steps * cfg["epochs"]):
         if step % steps == 0:
             order = torch.randperm(len(d["xt"]), generator=g).split(BATCH)
@@ -301,6 +308,12 @@ def exp_q3lr(args: argparse.Namespace) -> Exp:
         yield "q3lr", _lr_label(cfg), cfg
 
 
+def exp_q3sched(args: argparse.Namespace) -> Exp:
+    for schedule in ("warmup_cosine", "constant", "cosine"):
+        cfg = _ft(args, schedule=schedule)
+        yield "q3sched", f"{_lr_label(cfg)}, {schedule.replace('_', ' 1 epoch + ')}", cfg
+
+
 def exp_q3decay(args: argparse.Namespace) -> Exp:
     yield "q3decay", f"no decay, backbone x{args.lr[1]:g}", _ft(args)
     yield "q3decay", "stage decay 0.75, backbone x1 (ours today)", _ft(args, mult=1.0, decay_mode="stage", decay=0.75)
@@ -334,14 +347,25 @@ def exp_q4(args: argparse.Namespace) -> Exp:
         yield "q4", f"{_lr_label(cfg)}, aug {args.aug}, {extra}", cfg
 
 
-EXPERIMENTS = {"q1": exp_q1, "q2": exp_q2, "q3lr": exp_q3lr, "q3decay": exp_q3decay, "q3aug": exp_q3aug, "ref": exp_ref}
+def exp_core(args: argparse.Namespace) -> Exp:
+    """One change at a time from the ``--lr`` recipe, most telling first (a run order; tables: q2, q3decay, q3aug)."""
+    yield from (e for e in exp_q2(args) if e[2]["crop"])
+    yield from (e for e in exp_q3aug(args) if e[2]["aug"] == "light")
+    yield from (e for e in exp_q3decay(args) if e[2]["decay_mode"] == "stage" or e[2]["decay"] == 0.95)
+
+
+EXPERIMENTS = {"q1": exp_q1, "q2": exp_q2, "q3lr": exp_q3lr, "q3sched": exp_q3sched, "q3decay": exp_q3decay}
+EXPERIMENTS.update(q3aug=exp_q3aug, ref=exp_ref)
 EXPERIMENTS["q4"] = exp_q4
+RUN_ORDERS = {"core": exp_core}  # runnable like an experiment, not a table of the report
 
 # ----------------------------------------------------------------------------------------------------------------
 # Running and reporting
 
 
 def key(name: str, cfg: dict, seed: int) -> str:
+    if cfg["kind"] == "finetune":  # rows written before a setting existed had its default
+        cfg = {"schedule": "warmup_cosine", **cfg}
     return json.dumps([name, seed, cfg], sort_keys=True)
 
 
@@ -356,7 +380,8 @@ def run_all(args: argparse.Namespace) -> None:
     done = load_results()
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     for exp in args.experiments:
-        for question, label, cfg in EXPERIMENTS[exp](args):
+        configs = list({**EXPERIMENTS, **RUN_ORDERS}[exp](args))
+        for question, label, cfg in reversed(configs) if args.reverse else configs:
             for name, seed in itertools.product(args.datasets, args.seeds):
                 if key(name, cfg, seed) in done or key(name, cfg, seed) in load_results():  # another process did it
                     continue
@@ -391,14 +416,15 @@ def report(args: argparse.Namespace) -> str:
             means = [m for _, m in cells if m is not None]
             overall = f"{sum(means) / len(means):.3f}" if len(means) == len(cells) else "-"
             out.append(f"| {label} | " + " | ".join(c for c, _ in cells) + f" | {overall} |")
-        secs = [r["seconds"] for r in done.values() if any(r["cfg"] == c for _, _, c in rows)]
+        keys = {key(n, c, s) for _, _, c in rows for n in args.datasets for s in args.seeds}
+        secs = [r["seconds"] for k, r in done.items() if k in keys]
         out += ["", f"{len(secs)} runs, {sum(secs) / 60:.1f} min in all." if secs else "not run yet.", ""]
     return "\n".join(out)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("experiments", nargs="*", help=f"experiments to run: {', '.join(EXPERIMENTS)}")
+    ap.add_argument("experiments", nargs="*", help=f"experiments to run: {', '.join([*EXPERIMENTS, *RUN_ORDERS])}")
     ap.add_argument("--datasets", default="digits,mnist")
     ap.add_argument("--seeds", default="1,2")
     ap.add_argument("--lr", default="1e-3,0.1", help="head lr,backbone multiplier for q2/q3decay/q3aug/q4")
@@ -406,11 +432,12 @@ def main() -> None:
     ap.add_argument("--ft-epochs", default="3", help="epochs of the q3lr grid, comma-separated")
     ap.add_argument("--aug-epochs", type=int, default=5, help="epochs of q3aug")
     ap.add_argument("--threads", type=int, default=2, help="torch threads of the fine-tunes (probes use one)")
+    ap.add_argument("--reverse", action="store_true", help="run each experiment's configurations last to first")
     ap.add_argument("--report", action="store_true", help=f"write the tables to {REPORT}")
     args = ap.parse_args()
-    if set(args.experiments) - set(EXPERIMENTS):
-        unknown = sorted(set(args.experiments) - set(EXPERIMENTS))
-        ap.error(f"unknown experiment(s) {unknown}; choose from {list(EXPERIMENTS)}")
+    if set(args.experiments) - set(EXPERIMENTS) - set(RUN_ORDERS):
+        unknown = sorted(set(args.experiments) - set(EXPERIMENTS) - set(RUN_ORDERS))
+        ap.error(f"unknown experiment(s) {unknown}; choose from {[*EXPERIMENTS, *RUN_ORDERS]}")
     args.datasets = args.datasets.split(",")
     args.seeds = [int(s) for s in args.seeds.split(",")]
     args.lr = tuple(float(v) for v in args.lr.split(","))

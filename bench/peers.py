@@ -45,6 +45,7 @@ import benchdata
 
 _log = logging.getLogger("bench.peers")
 WEIGHTS_URI = f"pkg:{benchdata.WEIGHTS_PKG}/{benchdata.WEIGHTS_FILE}"
+THREADS: int | None = None  # --threads
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--only", default=None, help="comma-separated contender names: " + ",".join(c.name for c in CONTENDERS)
     )
     ap.add_argument("--ours-rev", default=None, help="run ours from this git revision (git archive into scratch)")
+    ap.add_argument(
+        "--threads", type=int, default=None, help="OMP/MKL threads of every contender (default: the libraries' own)"
+    )
     ap.add_argument("--quick", action="store_true", help="smoke run: 10+5 images per class, 1 epoch, one seed")
     ap.add_argument("--table", type=Path, default=None, help="only print the table of an earlier run's scratch dir")
     args = ap.parse_args(argv)
@@ -185,6 +189,8 @@ def timed(cmd: list[str], env: dict, cwd: Path | None = None) -> tuple[float, fl
     """Run a command; (wall seconds, launch time.time(), stdout). Its stderr goes to the log on failure."""
     t0 = time.time()
     env = {**env, "BENCH_T0": repr(t0)}
+    if THREADS:  # the same for every contender (a crowded machine: two spinning threads per process cost more)
+        env.update(OMP_NUM_THREADS=str(THREADS), MKL_NUM_THREADS=str(THREADS))
     proc = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True)
     wall = time.time() - t0
     if proc.returncode != 0:
@@ -313,8 +319,10 @@ def main(argv: list[str] | None = None) -> None:
             vars(args).update(json.loads((args.table / "args.json").read_text()))
         print(table(summarise(read_jsonl(args.table / "results.jsonl")), args))
         return
+    global THREADS
+    THREADS = args.threads
     job = make_job(args)
-    keep = ("dataset", "per_class_train", "per_class_val", "image_size", "epochs", "probe_epochs", "seeds")
+    keep = ("dataset", "per_class_train", "per_class_val", "image_size", "epochs", "probe_epochs", "seeds", "threads")
     (job["scratch"] / "args.json").write_text(json.dumps({k: getattr(args, k) for k in keep}))
     _log.info("scratch %s; train %s; val %s", job["scratch"], job["train"], job["val"])
     results = []
