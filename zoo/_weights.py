@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fnmatch
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -220,3 +221,116 @@ def load_pretrained(model: nn.Module, name: str, pretrained: bool | str) -> None
             f"pretrained={pretrained!r} is neither a source ('timm', 'timm:<tag>', 'torchvision', "
             f"'torchvision:<WEIGHTS>') nor a weight file; {_ways_out(spec)}"
         )
+
+
+@dataclass(frozen=True)
+class WeightsStatus:
+    """Where a model's pretrained weights can be had on this machine, found without downloading anything.
+
+    Attributes:
+        available: loading them needs no network.
+        where: ``"local file"``, ``"HF hub cache"``, ``"torch hub cache"``, ``"download"`` (from the hub) or
+            ``"none"`` (the architecture has no pretrained weights).
+        pretrained: the ``pretrained`` value of :func:`zoo.create_model` that loads exactly these weights
+            (the source found, e.g. ``"torchvision"`` when only torchvision's checkpoint is cached), or False.
+        detail: the cached or local file, or what a download would fetch (hub repository or URL).
+    """
+
+    available: bool
+    where: str
+    pretrained: bool | str
+    detail: str = ""
+
+
+def _hf_cached(repo: str, filenames: tuple[str, ...]) -> str | None:
+    from huggingface_hub import try_to_load_from_cache
+
+    repo_id, _, revision = repo.partition("@")
+    for filename in filenames:
+        found = try_to_load_from_cache(repo_id, filename, revision=revision or None)
+        if isinstance(found, str):
+            return found
+    return None
+
+
+def _torch_hub_cached(url: str) -> str | None:
+    path = Path(torch.hub.get_dir()) / "checkpoints" / Path(url.split("?")[0]).name
+    return str(path) if path.is_file() else None
+
+
+def _timm_status(spec: ArchSpec, tag: str | None, source: str) -> WeightsStatus:
+    import timm.models
+
+    if spec.timm is None:
+        return WeightsStatus(False, "none", False, f"{spec.name} has no timm weights")
+    full = f"{spec.timm.split('.')[0]}.{tag}" if tag else spec.timm
+    try:
+        cfg = timm.models.get_pretrained_cfg(full, allow_unregistered=False)
+    except RuntimeError:
+        cfg = None
+    if cfg is None:
+        return WeightsStatus(False, "none", False, f"timm has no weights {full!r}")
+    if cfg.hf_hub_id:
+        names = (cfg.hf_hub_filename,) if cfg.hf_hub_filename else ("model.safetensors", "pytorch_model.bin")
+        found = _hf_cached(cfg.hf_hub_id, names)
+        return (
+            WeightsStatus(True, "HF hub cache", source, found)
+            if found
+            else WeightsStatus(False, "download", source, f"huggingface.co/{cfg.hf_hub_id}")
+        )
+    if cfg.url:
+        found = _torch_hub_cached(cfg.url)
+        return (
+            WeightsStatus(True, "torch hub cache", source, found)
+            if found
+            else WeightsStatus(False, "download", source, cfg.url)
+        )
+    return WeightsStatus(False, "none", False, f"timm weights {full!r} have no download location")
+
+
+def _torchvision_status(spec: ArchSpec, enum_name: str | None, source: str) -> WeightsStatus:
+    from torchvision.models import get_model_weights
+
+    if spec.torchvision is None:
+        return WeightsStatus(False, "none", False, f"{spec.name} has no torchvision weights")
+    enum = get_model_weights(spec.torchvision)
+    short = (enum_name or "DEFAULT").split(".")[-1]
+    if short != "DEFAULT" and short not in enum.__members__:
+        return WeightsStatus(False, "none", False, f"torchvision has no weights {enum_name!r}")
+    weights = enum.DEFAULT if short == "DEFAULT" else enum[short]
+    found = _torch_hub_cached(weights.url)
+    return (
+        WeightsStatus(True, "torch hub cache", source, found)
+        if found
+        else WeightsStatus(False, "download", source, weights.url)
+    )
+
+
+def weights_status(name: str, pretrained: bool | str = True) -> WeightsStatus:
+    """Where ``pretrained`` weights of model ``name`` are available here (reads caches only; never downloads).
+
+    Args:
+        name: a zoo model name.
+        pretrained: as :func:`zoo.create_model`; ``True`` looks at every source in preference order and reports
+            the first one found cached (else a download of the preferred one).
+    """
+    spec = get_spec(name)
+    if pretrained is False:
+        return WeightsStatus(False, "none", False, "trains from scratch")
+    if isinstance(pretrained, str) and (pretrained.endswith(LOCAL_SUFFIXES) or Path(pretrained).exists()):
+        ok = Path(pretrained).is_file()
+        return WeightsStatus(ok, "local file" if ok else "none", pretrained if ok else False, pretrained)
+    checks = {"timm": _timm_status, "torchvision": _torchvision_status}
+    wanted = spec.weight_sources if pretrained is True else [str(pretrained)]
+    statuses = []
+    for value in wanted:
+        source, _, tag = value.partition(":")
+        if source not in checks:
+            return WeightsStatus(False, "none", False, f"pretrained={value!r} is neither a source nor a weight file")
+        statuses.append(checks[source](spec, tag or None, value))
+    found = next((s for s in statuses if s.available), None)
+    if found:
+        return found
+    return next((s for s in statuses if s.where == "download"), None) or WeightsStatus(
+        False, "none", False, f"{spec.name} has no pretrained weights"
+    )
