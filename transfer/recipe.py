@@ -129,6 +129,23 @@ class TrackingConfig(_Section):
     )
 
 
+class DeployConfig(_Section):
+    """What the deployed model carries besides its weights: unknown detection and its runtime."""
+
+    ood: Literal["off", "knn", "mahalanobis"] = Field(
+        "knn", description="unknown detection on the penultimate features: kNN distance, Mahalanobis, or off"
+    )
+    ood_false_alarm: float = Field(
+        0.05, gt=0.0, lt=0.5, description="share of in-domain (validation) images the detector may call unknown"
+    )
+    runtime: Literal["auto", "onnx", "torch"] = Field(
+        "auto", description="the served model's runtime: ONNX Runtime when it exports and agrees (auto), or PyTorch"
+    )
+    int8: bool = Field(
+        False, description="ONNX Runtime with int8 weights and activations, calibrated on training images"
+    )
+
+
 def _default_trainer() -> dict[str, Any]:
     return {"max_epochs": 5}
 
@@ -143,6 +160,7 @@ class Recipe(_Section):
     optim: OptimConfig = Field(default_factory=OptimConfig)
     trainer: dict[str, Any] = Field(default_factory=_default_trainer, description="lightning.Trainer arguments")
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    deploy: DeployConfig = Field(default_factory=DeployConfig)
 
     @field_validator("trainer", mode="before")
     @classmethod
@@ -332,6 +350,7 @@ _SECTIONS: dict[str, type[BaseModel]] = {
     "strategy": StrategyConfig,
     "optim": OptimConfig,
     "tracking": TrackingConfig,
+    "deploy": DeployConfig,
 }
 
 _TYPE_WORDS = {
@@ -478,6 +497,8 @@ def _check_combinations(r: Recipe) -> None:
         raise r.error("tracking.promote", "if_better compares with a registered model; set tracking.register_as")
     if r.tracking.register_as is not None and not r.tracking.register_as.strip():
         raise r.error("tracking.register_as", "an empty name; give a registered model name or null")
+    if r.deploy.int8 and r.deploy.runtime == "torch":
+        raise r.error("deploy.int8", "int8 runs on ONNX Runtime; set deploy.runtime to auto or onnx, or int8 false")
     if r.data.val_source is not None and r.data.val_source == r.data.source:
         raise r.error("data.val_source", "the validation source is the training source; give another folder or null")
     if isinstance(r.model.pretrained, str) and not r.model.pretrained.strip():

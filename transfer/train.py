@@ -56,6 +56,8 @@ class FitResult:
         best_stage: the stage a stage probe picked, else None.
         params: the params logged to MLflow.
         rank: this process's global rank under DDP (only rank zero logs; others return ``registered_uri=None``).
+        deployment: what the logged model carries: runtime, precision, temperature, ECE before/after, the unknown
+            detector and its threshold (:meth:`transfer.deploy.package.Deployment.summary`).
     """
 
     run_id: str
@@ -70,6 +72,7 @@ class FitResult:
     best_stage: int | None = None
     params: dict[str, Any] = field(default_factory=dict)
     rank: int = 0
+    deployment: dict[str, Any] = field(default_factory=dict)
 
 
 def run_dir_for(recipe: Recipe) -> Path:
@@ -304,6 +307,7 @@ def _finalise(
     """The best checkpoint's deployable model, its reports and metrics, logged (and registered) in ``run_id``."""
     from mlflow.entities import Metric, Param
 
+    from transfer.deploy.package import prepare_deployment
     from transfer.deploy.registry import log_classifier
     from transfer.reports import log_reports
 
@@ -312,6 +316,7 @@ def _finalise(
     job.events.phase("evaluate")
     best_epoch = _load_best(trainer, plan.module, rd)
     final = strategy.finalise(job, plan)
+    deployment = prepare_deployment(job, strategy, final)  # calibration, unknown detector, runtime
     report = {"best_epoch": best_epoch, **final.report}
     metrics = log_reports(store, run_id, final.logits, final.labels, job.index.classes, report)
     logged_metrics = [Metric(f"best_{k}", v, 0, 0) for k, v in metrics.items()]
@@ -338,6 +343,7 @@ def _finalise(
         alias=r.tracking.alias,
         promote=r.tracking.promote,
         metrics=metrics,
+        deployment=deployment,
     )
     result = FitResult(
         run_id=run_id,
@@ -351,6 +357,7 @@ def _finalise(
         promoted=logged.promoted,
         best_stage=final.report.get("best_stage"),
         params=params,
+        deployment=deployment.summary(),
     )
     rd.update(result={k: v for k, v in asdict(result).items() if k not in ("params", "rank")})
     return result

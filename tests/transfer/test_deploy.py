@@ -263,7 +263,7 @@ def test_in_process_input_forms_agree(clf: dict, image_dir: Path, tracking: dict
     for form, got in forms.items():
         ref = want.iloc[:1].reset_index(drop=True) if form == "one-array" else want
         _assert_same_predictions(got, ref, atol=1e-5)
-    assert list(want.columns) == ["label", "score", "error", *[f"prob_{c}" for c in CLASSES]]
+    assert list(want.columns) == ["label", "score", "error", "unknown", "ood_score", *[f"prob_{c}" for c in CLASSES]]
     np.testing.assert_allclose(want[[f"prob_{c}" for c in CLASSES]].to_numpy(dtype=float).sum(1), 1.0, atol=1e-5)
 
 

@@ -6,9 +6,12 @@ served model never reads a file path a client names: a string that is not base64
 whether a file of that name exists or not. Only a local caller that opts in (``allow_paths=True``, as
 ``transfer predict`` does) may pass paths.
 
-Output: one row per input row with ``label`` (str, None on error), ``score`` (probability of ``label``), ``error``
-(None, or one line saying why this row got no answer) and one column ``prob_<class name>`` per class, in class
-order, as pandas ``Float64`` (missing on error rows, so served JSON has ``null`` there). A bad row never fails the
+Output: one row per input row with ``label`` (str, None on error; the argmax, whatever ``unknown`` says),
+``score`` (calibrated probability of ``label``), ``error`` (None, or one line saying why this row got no answer),
+``unknown`` (the input looks unlike the training images: the detector's score is above its threshold; always false
+for a model without a detector), ``ood_score`` (that score, higher is more unusual; missing without a detector)
+and one column ``prob_<class name>`` per class (calibrated), in class order, as pandas ``Float64`` / ``boolean``
+(missing on error rows, so served JSON has ``null`` there). A bad row never fails the
 request; an empty request is an ``MlflowException`` with ``INVALID_PARAMETER_VALUE`` (HTTP 400 when served).
 """
 
@@ -28,7 +31,10 @@ from PIL import Image
 from torch import nn
 
 from transfer import imaging
-from transfer.deploy.model_format import DEFAULT_BATCH_SIZE, FORMAT_VERSION, build_model, limits_of
+from transfer.deploy.calibration import softmax
+from transfer.deploy.model_format import DEFAULT_BATCH_SIZE, FORMAT_VERSION, ServingNet, build_model, limits_of
+from transfer.deploy.ood import UnknownDetector
+from transfer.deploy.runtime import load_engine
 from transfer.imaging import ImageInputError
 
 _log = logging.getLogger(__name__)
@@ -131,14 +137,18 @@ def to_image(item: Any, limits: imaging.ImageLimits, draft: int | None, allow_pa
 
 
 class ImageClassifier:
-    """A classifier with its preprocessing and class names: what the logged pyfunc runs.
+    """A classifier with its preprocessing, class names, calibration and unknown detector: what the pyfunc runs.
 
     Args:
         model: the network (a zoo backbone or a stage classifier); put in eval mode here.
-        config: the model config (:mod:`transfer.deploy.model_format`).
+        config: the model config (:mod:`transfer.deploy.model_format`): ``temperature``, ``tta`` and ``runtime``
+            are read from it.
         device: where the forward pass runs (default: ``$TRANSFER_SERVING_DEVICE``, else CUDA when available).
-        channels_last: run in channels-last memory (default: on CPU, when a check batch agrees; set
+        channels_last: run PyTorch in channels-last memory (default: on CPU, when a check batch agrees; set
             ``TRANSFER_SERVING_CHANNELS_LAST=0`` to turn it off). The model is moved and converted in place.
+        unknown: the unknown detector (None: ``unknown`` is always false and ``ood_score`` missing).
+        onnx_path: the model's ONNX file, run by ONNX Runtime when the config's ``runtime`` is ``onnx``.
+        runtime: ``torch`` or ``onnx`` instead of the config's.
     """
 
     def __init__(
@@ -147,6 +157,10 @@ class ImageClassifier:
         config: dict[str, Any],
         device: torch.device | str | None = None,
         channels_last: bool | None = None,
+        *,
+        unknown: UnknownDetector | None = None,
+        onnx_path: str | Path | None = None,
+        runtime: str | None = None,
     ):
         self.config = config
         self.class_names: list[str] = [str(c) for c in config["class_names"]]
@@ -154,41 +168,36 @@ class ImageClassifier:
         self.batch_size = int(config.get("batch_size") or DEFAULT_BATCH_SIZE)
         self.limits = limits_of(config)
         self.draft = imaging.draft_size(self.data_config)
+        self.temperature = float(config.get("temperature") or 1.0)
+        self.unknown = unknown
+        self.onnx_path = str(onnx_path) if onnx_path else None
         self.device = torch.device(device) if device is not None else _default_device()
         self.model = model.to(self.device).eval()
         self.prob_columns = [f"{PROB_PREFIX}{c}" for c in self.class_names]
-        self.channels_last = False
         if channels_last is None:
             channels_last = self.device.type == "cpu" and os.environ.get("TRANSFER_SERVING_CHANNELS_LAST", "1") != "0"
-        if channels_last:
-            self.channels_last = self._try_channels_last()
-
-    def _try_channels_last(self) -> bool:
-        """Switch the model to channels-last memory if it runs and agrees with the default layout.
-
-        oneDNN's CPU convolutions are markedly faster in NHWC (about 1.5-2x for MobileNetV2), but an architecture
-        may ``view`` activations in a way that needs contiguous NCHW, so one batch checks it at load time.
-        """
-        c, h, w = (int(v) for v in self.data_config["input_size"])
-        x = torch.randn(2, c, h, w, generator=torch.Generator().manual_seed(0)).to(self.device)
-        try:
-            with torch.inference_mode():
-                want = self.model(x)
-                self.model.to(memory_format=torch.channels_last)
-                got = self.model(x.contiguous(memory_format=torch.channels_last))
-            if torch.allclose(got, want, atol=1e-4 * max(1.0, float(want.abs().max())), rtol=1e-4):
-                return True
-            _log.debug("channels-last output differs: keeping NCHW")
-        except Exception:  # an op that needs contiguous NCHW: keep the default layout
-            _log.debug("channels-last forward failed: keeping NCHW", exc_info=True)
-        self.model.to(memory_format=torch.contiguous_format)
-        return False
+        size = tuple(int(v) for v in self.data_config["input_size"]) if channels_last else None
+        net = ServingNet(self.model, config.get("tta"))
+        self.engine = load_engine(runtime or config.get("runtime") or "torch", net, self.device, onnx_path, size)
+        self.runtime = self.engine.name
+        self.precision = str(config.get("precision") or "fp32") if self.runtime == "onnx" else "fp32"
+        self.channels_last = bool(getattr(self.engine, "channels_last", False))
 
     @classmethod
     def from_files(
-        cls, config_path: str | Path, weights_path: str | Path, device: torch.device | str | None = None
+        cls,
+        config_path: str | Path,
+        weights_path: str | Path,
+        device: torch.device | str | None = None,
+        *,
+        ood_path: str | Path | None = None,
+        onnx_paths: dict[str, str | Path] | None = None,
+        runtime: str | None = None,
+        precision: str | None = None,
     ) -> ImageClassifier:
-        """Rebuild the classifier from the two artifacts of a logged model."""
+        """Rebuild the classifier from the artifacts of a logged model (config, weights, and when it has them the
+        unknown detector's arrays and the ONNX files by precision, ``fp32`` and ``int8``); ``runtime`` and
+        ``precision`` override the config's."""
         from safetensors.torch import load_model
 
         config = json.loads(Path(config_path).read_text())
@@ -197,7 +206,11 @@ class ImageClassifier:
             raise ValueError(f"model config format {version} is newer than this transfer ({FORMAT_VERSION}): upgrade")
         model = build_model(config)
         load_model(model, str(weights_path), strict=True, device="cpu")
-        return cls(model, config, device=device)
+        unknown = UnknownDetector.load(config["ood"], ood_path) if config.get("ood") and ood_path else None
+        if precision:
+            config["precision"] = precision
+        onnx_path = (onnx_paths or {}).get(str(config.get("precision") or "fp32"))
+        return cls(model, config, device=device, unknown=unknown, onnx_path=onnx_path, runtime=runtime)
 
     def load(self, item: Any, allow_paths: bool = False) -> torch.Tensor:
         """One input cell as the model's input tensor (decoded and preprocessed as in training)."""
@@ -207,14 +220,27 @@ class ImageClassifier:
         except MemoryError as exc:
             raise ImageInputError("image too large to decode in memory") from exc
 
-    @torch.inference_mode()
+    def load_batch(self, items: list[Any]) -> torch.Tensor:
+        """Input cells as one preprocessed batch (N, C, H, W).
+
+        Raises:
+            ImageInputError: a cell is not a readable image.
+        """
+        return torch.stack([self.load(item) for item in items])
+
+    def infer(self, batch: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Calibrated probabilities (N, classes), unknown scores (N,) and unknown flags (N,) of a preprocessed
+        batch; the same post-processing whichever engine ran the network."""
+        logits, feats = self.engine.run(batch)
+        probs = softmax(logits, self.temperature)
+        if self.unknown is None:
+            return probs, np.full(len(probs), np.nan), np.zeros(len(probs), dtype=bool)
+        score, unknown = self.unknown.score(feats)
+        return probs, score, unknown
+
     def predict_proba(self, batch: torch.Tensor) -> torch.Tensor:
-        """Class probabilities (N, num_classes) of a preprocessed batch."""
-        batch = batch.to(self.device)
-        if self.channels_last:
-            batch = batch.contiguous(memory_format=torch.channels_last)
-        logits = self.model(batch)
-        return torch.softmax(logits.float(), dim=1).cpu()
+        """Calibrated class probabilities (N, num_classes) of a preprocessed batch."""
+        return torch.from_numpy(self.infer(batch)[0])
 
     def predict(self, model_input: Any, batch_size: int | None = None, *, allow_paths: bool = False) -> pd.DataFrame:
         """Classify images; one output row per input row, bad rows with an ``error`` and no label.
@@ -234,6 +260,7 @@ class ImageClassifier:
         bs = max(1, int(batch_size or self.batch_size))
         n, k = len(items), len(self.class_names)
         probs = np.full((n, k), np.nan, dtype=np.float64)
+        score, unknown = np.full(n, np.nan), np.zeros(n, dtype=bool)
         errors: list[str | None] = [None] * n
         for start in range(0, n, bs):
             tensors, rows = [], []
@@ -244,10 +271,12 @@ class ImageClassifier:
                 except ImageInputError as exc:
                     errors[i] = str(exc).splitlines()[0][:300] if str(exc) else "cannot read image"
             if tensors:
-                probs[rows] = self.predict_proba(torch.stack(tensors)).numpy()
-        return self._frame(probs, errors)
+                probs[rows], score[rows], unknown[rows] = self.infer(torch.stack(tensors))
+        return self._frame(probs, errors, score, unknown)
 
-    def _frame(self, probs: np.ndarray, errors: list[str | None]) -> pd.DataFrame:
+    def _frame(
+        self, probs: np.ndarray, errors: list[str | None], ood_score: np.ndarray, unknown: np.ndarray
+    ) -> pd.DataFrame:
         ok = np.array([e is None for e in errors])
         best = np.where(ok, np.nan_to_num(probs, nan=-1.0).argmax(axis=1), 0)
         labels = [self.class_names[b] if good else None for b, good in zip(best, ok)]
@@ -257,10 +286,14 @@ class ImageClassifier:
             "label": pd.Series(labels, dtype=object),
             "score": pd.array(np.where(ok, score, np.nan), dtype="Float64"),
             "error": pd.Series(errors, dtype=object),
+            "unknown": pd.array(unknown, dtype="boolean"),
+            "ood_score": pd.array(ood_score, dtype="Float64"),
         }
         for j, col in enumerate(self.prob_columns):
             data[col] = pd.array(probs[:, j], dtype="Float64")
         frame = pd.DataFrame(data)
-        for col in ("score", *self.prob_columns):
+        for col in ("score", "unknown", "ood_score", *self.prob_columns):
             frame.loc[~ok, col] = pd.NA
+        if self.unknown is None:
+            frame["ood_score"] = pd.array([pd.NA] * len(frame), dtype="Float64")
         return frame

@@ -1,8 +1,10 @@
 """Exporting a logged classifier's network: ONNX or TorchScript, checked against PyTorch before it is written.
 
 The exported network takes a float32 batch (N, C, H, W), preprocessed as :func:`transfer.imaging.preprocess`
-does, with a dynamic batch axis, and returns logits in class order. The class names and the data config travel
-in the file (ONNX ``metadata_props``; TorchScript extra file ``config.json``).
+does, with a dynamic batch axis, and returns logits in class order (uncalibrated: divide them by the
+``temperature`` in the metadata before the softmax). The class names, the data config and the temperature travel
+in the file (ONNX ``metadata_props``; TorchScript extra file ``config.json``). ``--int8`` writes a statically
+quantised ONNX model (:mod:`transfer.deploy.quantize`).
 """
 
 from __future__ import annotations
@@ -21,8 +23,9 @@ import torch
 from torch import nn
 
 from transfer.deploy.predict import classifier_of, is_local, load_pyfunc
+from transfer.deploy.runtime import write_onnx
 from transfer.errors import UserError
-from transfer.tracking import TrackingStore, one_line
+from transfer.tracking import TrackingStore
 
 _log = logging.getLogger(__name__)
 
@@ -36,57 +39,8 @@ def _default_output(model_uri: str, fmt: str) -> Path:
 
 
 def _export_onnx(model: nn.Module, example: torch.Tensor, dest: Path, metadata: dict[str, str]) -> str:
-    """Write ``model`` as ONNX with a dynamic batch axis; returns which exporter did it."""
-    try:
-        import onnx
-    except ImportError as exc:
-        raise UserError("ONNX export needs the onnx package: pip install onnx onnxruntime") from exc
-    errors = []
-    exported = False
-    try:
-        import onnxscript  # noqa: F401  (the torch.export-based exporter needs it)
-
-        batch = torch.export.Dim("batch", min=1, max=4096)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            program = torch.onnx.export(
-                model,
-                (example,),
-                dynamo=True,
-                verbose=False,
-                input_names=["input"],
-                output_names=["logits"],
-                dynamic_shapes=({0: batch},),
-                external_data=False,
-            )
-        program.save(str(dest))
-        exported = True
-    except Exception as exc:  # unsupported op in the new exporter: try the TorchScript-based one
-        errors.append(f"torch.export-based exporter: {one_line(exc)}")
-        _log.debug("dynamo ONNX export failed, trying the TorchScript-based exporter", exc_info=True)
-    if not exported:
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                torch.onnx.export(
-                    model,
-                    (example,),
-                    str(dest),
-                    dynamo=False,
-                    input_names=["input"],
-                    output_names=["logits"],
-                    dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
-                    opset_version=17,
-                )
-        except Exception as exc:
-            errors.append(f"TorchScript-based exporter: {one_line(exc)}")
-            raise UserError(f"ONNX export failed ({'; '.join(errors)}); try --format torchscript") from exc
-    proto = onnx.load(str(dest))
-    for key, value in metadata.items():
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = key, value
-    onnx.save(proto, str(dest))
-    return "torch.export-based" if exported else "TorchScript-based"
+    """Write ``model`` as ONNX (logits out) with a dynamic batch axis; returns which exporter did it."""
+    return write_onnx(model, example, dest, metadata, ("logits",))
 
 
 def _onnx_logits(path: Path, x: torch.Tensor) -> np.ndarray:
@@ -125,7 +79,9 @@ def _destination(model_uri: str, fmt: str, output: str | None) -> Path:
     return dest
 
 
-def export_model(model_uri: str, fmt: str, output: str | None, store: TrackingStore | None = None) -> Path:
+def export_model(
+    model_uri: str, fmt: str, output: str | None, store: TrackingStore | None = None, *, int8: bool = False
+) -> Path:
     """Export the network of a logged classifier (logits out, preprocessed input in), checked on a batch of 3.
 
     Args:
@@ -133,13 +89,23 @@ def export_model(model_uri: str, fmt: str, output: str | None, store: TrackingSt
         fmt: ``onnx`` or ``torchscript``.
         output: the file to write (default: named after the model URI in the working directory).
         store: where the model is.
+        int8: ONNX only: a statically quantised int8 model (:mod:`transfer.deploy.quantize`): the one the model
+            carries when it was fitted with ``deploy.int8``, else one calibrated on its run's training images, with
+            the accuracy change on its validation images logged to the run.
 
     Raises:
         UserError: unknown format or model, a failing export, or an export whose logits differ.
     """
     if fmt not in EXPORTERS:
         raise UserError(f"unknown export format {fmt!r}: use {' or '.join(EXPORTERS)}")
-    classifier = classifier_of(load_pyfunc(model_uri, store))
+    if int8 and fmt != "onnx":
+        raise UserError(f"int8 models are ONNX models: use --format onnx with --int8 (not {fmt})")
+    pyfunc = load_pyfunc(model_uri, store)
+    classifier = classifier_of(pyfunc)
+    if int8:
+        from transfer.deploy.quantize import export_int8
+
+        return export_int8(pyfunc, classifier, _destination(model_uri, fmt, output), store or TrackingStore())
     # Exported graphs take plain NCHW tensors; the serving-time channels-last layout is undone.
     model = classifier.model.cpu().eval().to(memory_format=torch.contiguous_format)
     dest = _destination(model_uri, fmt, output)
@@ -150,6 +116,7 @@ def export_model(model_uri: str, fmt: str, output: str | None, store: TrackingSt
         "class_names": json.dumps(classifier.class_names),
         "data_config": json.dumps(classifier.data_config),
         "backbone": str(classifier.config.get("backbone")),
+        "temperature": str(classifier.temperature),
         "source_model_uri": model_uri,
     }
     _, exporter, runner = EXPORTERS[fmt]

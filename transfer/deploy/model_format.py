@@ -13,6 +13,15 @@ A logged model carries two artifacts: ``weights`` (``model.safetensors``, the cl
 - ``model_kwargs``: extra ``zoo.create_model`` arguments; ``batch_size``: images per forward pass.
 - ``limits``: the :class:`transfer.imaging.ImageLimits` inputs are checked against (version 1 configs had
   ``max_image_pixels`` and ``max_image_bytes``; both are still read).
+
+Version 3 adds what the deployed model does after the network (absent keys mean: not done):
+
+- ``temperature``: the logits are divided by it before the softmax (fitted on held-out images; 1.0: none).
+- ``ood``: the unknown detector's settings (``method``, ``threshold``, ...; :mod:`transfer.deploy.ood`); its arrays
+  travel in the ``ood`` artifact (safetensors).
+- ``tta``: ``"hflip"`` averages the logits of the image and its mirror image; absent: one view.
+- ``runtime`` / ``precision`` / ``runtime_reason``: which engine runs the network (``onnx``: the ``onnx`` artifact
+  under ONNX Runtime; ``torch``) at which precision (``fp32``, ``int8``), and why (a fallback says what failed).
 """
 
 from __future__ import annotations
@@ -25,7 +34,8 @@ from torch import nn
 from transfer.errors import UserError
 from transfer.imaging import ImageLimits, normalize_data_config
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
+ONNX_ARTIFACTS = {"fp32": "onnx", "int8": "onnx_int8"}  # precision -> the model artifact holding that ONNX graph
 DEFAULT_BATCH_SIZE = 64
 
 
@@ -75,8 +85,42 @@ class StageClassifier(nn.Module):
             x = stage(x)
         return x
 
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """The pooled features (``pre_logits``) or the logits of :meth:`forward_features`' output (the backbone
+        contract's method, so deployment code treats both kinds of model alike)."""
+        pooled = x.mean((2, 3))
+        return pooled if pre_logits else self.classifier(pooled)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.forward_features(x).mean((2, 3)))
+        return self.forward_head(self.forward_features(x))
+
+
+TTA_MODES = ("hflip",)
+
+
+class ServingNet(nn.Module):
+    """What the deployed model's runtime computes from a preprocessed batch: ``(logits, features)``.
+
+    ``features`` are the penultimate features the unknown detector reads (``forward_head(..., pre_logits=True)``;
+    for a stage classifier the pooled output of its last kept stage), of the image as given; with ``tta="hflip"``
+    the logits are the mean of the image's and its mirror image's. Exported to ONNX as it is, so both runtimes
+    compute the same thing.
+    """
+
+    def __init__(self, model: nn.Module, tta: str | None = None):
+        super().__init__()
+        if tta is not None and tta not in TTA_MODES:
+            raise ValueError(f"unknown tta {tta!r}: use one of {', '.join(TTA_MODES)} or none")
+        self.model = model
+        self.tta = tta
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        unpooled = self.model.forward_features(x)
+        features = self.model.forward_head(unpooled, pre_logits=True)
+        logits = self.model.forward_head(unpooled)
+        if self.tta == "hflip":
+            logits = (logits + self.model(torch.flip(x, dims=[3]))) / 2
+        return logits, features
 
 
 def build_model(config: dict[str, Any]) -> nn.Module:
@@ -93,6 +137,12 @@ def build_model(config: dict[str, Any]) -> nn.Module:
         )
         return StageClassifier(backbone, int(num_stages), num_classes, in_features=config.get("in_features"))
     return zoo.create_model(config["backbone"], num_classes=num_classes, in_chans=in_chans, pretrained=False, **kwargs)
+
+
+def feature_key(model: nn.Module) -> str:
+    """Where the feature cache keeps the deployed model's penultimate features: ``pre_logits`` for a whole
+    backbone, ``stage{i}`` (the pooled output of its last kept stage) for a stage classifier."""
+    return f"stage{model.num_stages - 1}" if isinstance(model, StageClassifier) else "pre_logits"
 
 
 def limits_of(config: dict[str, Any]) -> ImageLimits:

@@ -27,8 +27,10 @@ import pandas as pd
 from PIL import Image
 from torch import nn
 
+from transfer.deploy.card import CARD_FILE, model_card
 from transfer.deploy.classifier import IMAGE_COLUMN, PROB_PREFIX
-from transfer.deploy.model_format import model_config
+from transfer.deploy.model_format import ONNX_ARTIFACTS, model_config
+from transfer.deploy.package import Deployment
 from transfer.errors import UserError
 from transfer.tracking import TrackingStore, one_line
 
@@ -67,6 +69,8 @@ def _signature(class_names: Sequence[str], batch_size: int) -> Any:
             ColSpec("string", "label", required=False),
             ColSpec("double", "score", required=False),
             ColSpec("string", "error", required=False),
+            ColSpec("boolean", "unknown", required=False),
+            ColSpec("double", "ood_score", required=False),
             *(ColSpec("double", f"{PROB_PREFIX}{c}", required=False) for c in class_names),
         ]
     )
@@ -84,7 +88,7 @@ def _example_image_b64(data_config: dict[str, Any]) -> str:
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def _requirements() -> list[str]:
+def _requirements(config: dict[str, Any]) -> list[str]:
     from importlib import metadata
 
     def pin(dist: str) -> str:
@@ -95,7 +99,10 @@ def _requirements() -> list[str]:
 
     # Explicit pins: inferring requirements would import the model in a subprocess (slow). The model's code
     # needs the transfer-workbench package (zoo + transfer.deploy) installed where it is loaded.
-    return [pin(d) for d in ("mlflow", "torch", "safetensors", "pillow", "numpy", "pandas", "transfer-workbench")]
+    dists = ["mlflow", "torch", "safetensors", "pillow", "numpy", "pandas", "transfer-workbench"]
+    if config.get("runtime") == "onnx":
+        dists.append("onnxruntime")
+    return [pin(d) for d in dists]
 
 
 def _cpu_copy(model: nn.Module) -> nn.Module:
@@ -121,6 +128,7 @@ def log_classifier(
     promote: str = "always",
     metrics: dict[str, float] | None = None,
     model_kwargs: dict[str, Any] | None = None,
+    deployment: Deployment | None = None,
 ) -> ModelLogResult:
     """Log a trained classifier as a raw-image MLflow pyfunc in run ``run_id``, and optionally register it.
 
@@ -138,44 +146,145 @@ def log_classifier(
         promote: ``always`` moves the alias; ``if_better`` only when ``val_acc`` beats the alias holder's.
         metrics: metrics to tag the version with (default: the run's latest metrics).
         model_kwargs: extra keyword arguments the backbone was created with (``zoo.create_model``).
+        deployment: what the model carries besides its weights (:func:`transfer.deploy.package.prepare_deployment`:
+            temperature, unknown detector, ONNX runtime); its metrics, reliability diagram and the model card are
+            logged to the run, and the card becomes the registered version's description. None: a plain PyTorch
+            model, uncalibrated, without a detector.
 
     Raises:
         UserError: bad arguments, or the registry refuses.
     """
-    import mlflow
-    from safetensors.torch import save_model
-
     if promote not in PROMOTE_POLICIES:
         raise UserError(f"promote must be one of {', '.join(PROMOTE_POLICIES)}, got {promote!r}")
     config = model_config(model, backbone, class_names, data_config, model_kwargs)
+    config.update(deployment.config if deployment else {})
     if metrics is None:
         metrics = dict(store.client.get_run(run_id).data.metrics)
+    card = None
     with tempfile.TemporaryDirectory(prefix="transfer-model-") as tmp:
-        weights, cfg = Path(tmp, "model.safetensors"), Path(tmp, "config.json")
-        was_training = model.training
-        save_model(_cpu_copy(model.eval()), str(weights))  # on the CPU: the weights do not say where it trained
-        model.train(was_training)
-        cfg.write_text(json.dumps(config, indent=1))
-        with store.activated(), _run(run_id):
-            info = mlflow.pyfunc.log_model(
-                name=artifact_path,
-                python_model=str(_PYFUNC_MODEL_FILE),
-                artifacts={"weights": str(weights), "config": str(cfg)},
-                signature=_signature(config["class_names"], config["batch_size"]),
-                input_example=pd.DataFrame({IMAGE_COLUMN: [_example_image_b64(config["data_config"])]}),
-                pip_requirements=_requirements(),
-                metadata={"backbone": config["backbone"], "num_classes": len(class_names)},
-            )
+        artifacts = _write_artifacts(model, config, deployment, Path(tmp))
+        if deployment is not None:
+            metrics = {**metrics, **deployment.metrics}
+            card = _log_deployment(store, run_id, registered_model_name or backbone, deployment, metrics, artifacts)
+            artifacts["model_card"] = str(_write(Path(tmp, CARD_FILE), card))
+        info = _log_pyfunc(store, run_id, artifact_path, config, artifacts)
     result = ModelLogResult(model_uri=f"runs:/{run_id}/{artifact_path}")
     _log.info("logged model %s (%s)", result.model_uri, info.model_uri)
     if registered_model_name:
         tags = {"backbone": config["backbone"], "num_classes": str(len(class_names)), "run_id": run_id}
+        tags.update({k: str(config[k]) for k in ("runtime", "precision") if k in config})
         # The logged model's own URI (models:/m-...): MLflow 3 keeps logged models outside the run's artifacts.
         result.version, result.promoted = register(
-            store, info.model_uri, registered_model_name, alias=alias, promote=promote, metrics=metrics, tags=tags
+            store,
+            info.model_uri,
+            registered_model_name,
+            alias=alias,
+            promote=promote,
+            metrics=metrics,
+            tags=tags,
+            description=card,
         )
         result.registered_uri = f"models:/{registered_model_name}/{result.version}"
     return result
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def _write_artifacts(model: nn.Module, config: dict, deployment: Deployment | None, tmp: Path) -> dict[str, str]:
+    """The model's artifacts as files: weights (safetensors), config (JSON), and the deployment's files."""
+    from safetensors.torch import save_model
+
+    weights, cfg = tmp / "model.safetensors", tmp / "config.json"
+    was_training = model.training
+    save_model(_cpu_copy(model.eval()), str(weights))  # on the CPU: the weights do not say where it trained
+    model.train(was_training)
+    cfg.write_text(json.dumps(config, indent=1))
+    files = {name: str(path) for name, path in (deployment.files if deployment else {}).items()}
+    return {"weights": str(weights), "config": str(cfg), **files}
+
+
+def _log_pyfunc(store: TrackingStore, run_id: str, artifact_path: str, config: dict, artifacts: dict) -> Any:
+    import mlflow
+
+    with store.activated(), _run(run_id):
+        return mlflow.pyfunc.log_model(
+            name=artifact_path,
+            python_model=str(_PYFUNC_MODEL_FILE),
+            artifacts=artifacts,
+            signature=_signature(config["class_names"], config["batch_size"]),
+            input_example=pd.DataFrame({IMAGE_COLUMN: [_example_image_b64(config["data_config"])]}),
+            pip_requirements=_requirements(config),
+            metadata={k: config[k] for k in ("backbone", "num_classes", "runtime", "precision") if k in config},
+            # What a caller may override at load time (mlflow.pyfunc.load_model(uri, model_config={...})).
+            model_config={"runtime": config.get("runtime", "torch"), "precision": config.get("precision", "fp32")},
+        )
+
+
+def _log_deployment(
+    store: TrackingStore, run_id: str, name: str, d: Deployment, metrics: dict[str, float], artifacts: dict
+) -> str:
+    """Measure the logged model's latency; log the deployment's metrics, plots and model card; return the card."""
+    from mlflow.entities import Metric
+
+    latency = measure_latency(artifacts)
+    timed = {k: v for k, v in latency.items() if isinstance(v, float)}
+    card = model_card(name, d.facts, {**metrics, **timed}, json.loads(Path(artifacts["config"]).read_text()), latency)
+    logged = [Metric(k, float(v), 0, 0) for k, v in {**d.metrics, **timed}.items() if v == v]  # NaN: not measured
+    store.client.log_batch(run_id, metrics=logged)
+    for path, file in d.plots.items():
+        store.client.log_artifact(run_id, str(file), str(Path(path).parent) if "/" in path else None)
+    store.client.log_text(run_id, card, CARD_FILE)
+    return card
+
+
+def measure_latency(artifacts: dict[str, str], rounds: int = 5) -> dict[str, Any]:
+    """How fast the logged model answers on this machine's CPU, decoding included: the median time of one image
+    (ms) and the images/s of a batch of 32 (a real photo, scikit-image's ``chelsea``, as a JPEG)."""
+    import statistics
+    import time
+
+    import torch
+
+    from transfer.deploy.classifier import ImageClassifier
+
+    clf = ImageClassifier.from_files(
+        artifacts["config"],
+        artifacts["weights"],
+        device="cpu",
+        ood_path=artifacts.get("ood"),
+        onnx_paths={k: artifacts[f] for k, f in ONNX_ARTIFACTS.items() if f in artifacts},
+    )
+    image = _example_photo()
+
+    def median_s(n: int, reps: int) -> float:
+        clf.predict([image] * n)  # warm-up
+        times = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            clf.predict([image] * n)
+            times.append(time.perf_counter() - t0)
+        return statistics.median(times)
+
+    one, batch = median_s(1, rounds), median_s(32, max(1, rounds // 2))
+    return {
+        "latency_ms_b1": 1000.0 * one,
+        "images_per_s_b32": 32 / batch,
+        "threads": torch.get_num_threads(),
+        "device": "cpu",
+        "runtime": clf.runtime,
+    }
+
+
+def _example_photo() -> bytes:
+    """A real photo as JPEG bytes (scikit-image's chelsea, 451x300)."""
+    from skimage.data import chelsea
+
+    buf = io.BytesIO()
+    Image.fromarray(chelsea()).save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
 
 
 @contextlib.contextmanager
@@ -219,9 +328,11 @@ def register(
     metrics: dict[str, float] | None = None,
     tags: dict[str, str] | None = None,
     owner: str | None = None,
+    description: str | None = None,
 ) -> tuple[int, bool]:
     """Register a logged model (``runs:/RUN/model`` or ``models:/m-...``) as a new version of ``name``, tagged with
-    its metrics (default: its run's) and ``tags``; move ``alias`` per ``promote``.
+    its metrics (default: its run's) and ``tags``; move ``alias`` per ``promote``. The version's description is
+    ``description``, else the model card its run logged (``model_card.md``), when there is one.
 
     Returns:
         (version, whether the alias moved to it).
@@ -240,6 +351,9 @@ def register(
         version_tags = {**{k: str(v) for k, v in metrics.items()}, **(tags or {})}
         with store.activated():
             mv = mlflow.register_model(model_uri, name, tags=version_tags)
+        card = description if description is not None else _logged_card(store, model_uri)
+        if card:
+            store.client.update_model_version(name, mv.version, description=card)
         if owner is not None:
             store.client.set_registered_model_tag(name, OWNER_TAG, owner)
         promoted = bool(alias) and should_promote(store, name, str(alias), promote, metrics)
@@ -249,6 +363,21 @@ def register(
     except MlflowException as exc:
         raise UserError(f"could not register {model_uri} as {name!r}: {one_line(exc)}") from exc
     return int(mv.version), promoted
+
+
+def _logged_card(store: TrackingStore, model_uri: str) -> str | None:
+    """The model card logged with the run of ``runs:/RUN/...`` or of a logged model ``models:/m-...``, if any."""
+    run_id = None
+    with contextlib.suppress(Exception):
+        if model_uri.startswith("runs:/"):
+            run_id = model_uri.split("/")[1]
+        elif model_uri.startswith("models:/m-"):
+            run_id = store.client.get_logged_model(model_uri.removeprefix("models:/").split("/")[0]).source_run_id
+    if not run_id:
+        return None
+    with tempfile.TemporaryDirectory(prefix="transfer-card-") as tmp, contextlib.suppress(Exception):
+        return Path(store.client.download_artifacts(run_id, CARD_FILE, tmp)).read_text(encoding="utf-8")
+    return None
 
 
 def _run_facts(store: TrackingStore, model_uri: str) -> tuple[dict[str, float], dict[str, str]]:

@@ -1,0 +1,418 @@
+"""The engines that run a deployed network: PyTorch, or ONNX Runtime (fp32 or int8) exported from it.
+
+An engine takes a preprocessed float32 batch (N, C, H, W) and returns ``(logits, features)`` as numpy arrays
+(:class:`transfer.deploy.model_format.ServingNet`); everything before (decoding, preprocessing) and after
+(temperature, unknown score) is the same code whatever the engine (:mod:`transfer.deploy.classifier`).
+
+:func:`build_onnx` exports the network (the torch.export-based exporter, else the TorchScript-based one), checks
+it against PyTorch on real held-out images (labels agree on at least :data:`MIN_LABEL_AGREEMENT`, probabilities
+within :data:`MAX_PROB_DIFF`) and, when asked, quantises it to int8 with ONNX Runtime's static quantisation (QDQ,
+per-channel weights, activations calibrated on training images), kept only when it loses at most
+:data:`INT8_MAX_LOSS` of validation accuracy. What does not check out falls back, with the reason recorded.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import tempfile
+import warnings
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from transfer.deploy.model_format import ONNX_ARTIFACTS
+from transfer.errors import UserError
+
+_log = logging.getLogger(__name__)
+
+MIN_LABEL_AGREEMENT = 0.995
+MAX_PROB_DIFF = 1e-3
+INT8_MAX_LOSS = 0.01  # int8 is served only when it costs at most one point of validation accuracy
+# ONNX Runtime's min-max calibration keeps every intermediate output of every calibration image in memory (its
+# CalibMaxIntermediateOutputs option drops data in onnxruntime 1.32): 128 images of 224 px is about 3 GB.
+INT8_CALIBRATION_IMAGES = 128
+Batches = Iterable[tuple[torch.Tensor, Any]]
+
+
+def _one_line(exc: BaseException) -> str:
+    # transfer.tracking has the project's one_line, but importing it would load Lightning into every served model.
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text[:300]
+
+
+class TorchEngine:
+    """The network in PyTorch eager mode, channels-last on CPU when that gives the same answers.
+
+    Args:
+        net: a :class:`~transfer.deploy.model_format.ServingNet` (moved to ``device`` and put in eval mode here).
+        device: where it runs.
+        channels_last: the input size (C, H, W) to try channels-last memory at (the model is converted in place
+            when it agrees), or None to keep NCHW.
+    """
+
+    name = "torch"
+
+    def __init__(
+        self, net: nn.Module, device: torch.device | str = "cpu", channels_last: tuple[int, ...] | None = None
+    ) -> None:
+        self.device = torch.device(device)
+        self.net = net.to(self.device).eval()
+        self.channels_last = channels_last is not None and self._try_channels_last(channels_last)
+
+    def _try_channels_last(self, input_size: tuple[int, ...]) -> bool:
+        """Switch to channels-last memory if it runs and agrees with the default layout.
+
+        oneDNN's CPU convolutions are markedly faster in NHWC (about 1.5-2x for MobileNetV2), but an architecture
+        may ``view`` activations in a way that needs contiguous NCHW, so one batch checks it at load time.
+        """
+        x = torch.randn(2, *input_size, generator=torch.Generator().manual_seed(0)).to(self.device)
+        try:
+            with torch.inference_mode():
+                want = self.net(x)[0]
+                self.net.to(memory_format=torch.channels_last)
+                got = self.net(x.contiguous(memory_format=torch.channels_last))[0]
+            if torch.allclose(got, want, atol=1e-4 * max(1.0, float(want.abs().max())), rtol=1e-4):
+                return True
+            _log.debug("channels-last output differs: keeping NCHW")
+        except Exception:  # an op that needs contiguous NCHW: keep the default layout
+            _log.debug("channels-last forward failed: keeping NCHW", exc_info=True)
+        self.net.to(memory_format=torch.contiguous_format)
+        return False
+
+    @torch.inference_mode()
+    def run(self, batch: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        x = batch.to(self.device)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        logits, feats = self.net(x)
+        return logits.float().cpu().numpy(), feats.float().cpu().numpy()
+
+
+class OnnxEngine:
+    """An ONNX file under ONNX Runtime's CPU execution provider."""
+
+    name = "onnx"
+
+    def __init__(self, path: str | Path, threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = int(threads)
+        self.path = Path(path)
+        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        self.input_name = self.session.get_inputs()[0].name
+
+    def run(self, batch: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        x = np.ascontiguousarray(batch.detach().cpu().numpy(), dtype=np.float32)
+        logits, feats = self.session.run(None, {self.input_name: x})[:2]
+        return logits, feats
+
+
+@dataclass
+class Outputs:
+    """What an engine computed over a set of images."""
+
+    logits: np.ndarray
+    features: np.ndarray
+    labels: np.ndarray
+
+    @property
+    def accuracy(self) -> float:
+        return float((self.logits.argmax(1) == self.labels).mean()) if len(self.labels) else float("nan")
+
+
+def run_all(engine: Any, batches: Batches) -> Outputs:
+    """An engine's outputs over every ``(images, labels)`` batch."""
+    logits, feats, labels = [], [], []
+    for x, y in batches:
+        lg, f = engine.run(x)
+        logits.append(lg)
+        feats.append(f)
+        labels.append(np.asarray(y))
+    if not logits:
+        return Outputs(np.empty((0, 0)), np.empty((0, 0)), np.empty(0, dtype=np.int64))
+    return Outputs(np.concatenate(logits), np.concatenate(feats), np.concatenate(labels).astype(np.int64))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Writing ONNX
+
+
+def write_onnx(
+    model: nn.Module, example: torch.Tensor, dest: Path, metadata: dict[str, str], outputs: tuple[str, ...]
+) -> str:
+    """Write ``model`` as ONNX with a dynamic batch axis and ``metadata``; returns which exporter did it.
+
+    Raises:
+        UserError: neither exporter managed.
+    """
+    try:
+        import onnx
+    except ImportError as exc:
+        raise UserError("ONNX export needs the onnx package: pip install onnx onnxruntime") from exc
+    errors = []
+    how = ""
+    try:
+        import onnxscript  # noqa: F401  (the torch.export-based exporter needs it)
+
+        batch = torch.export.Dim("batch", min=1, max=4096)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(
+                model,
+                (example,),
+                dynamo=True,
+                verbose=False,
+                input_names=["input"],
+                output_names=list(outputs),
+                dynamic_shapes=({0: batch},),
+                external_data=False,
+            )
+        program.save(str(dest))
+        how = "torch.export-based"
+    except Exception as exc:  # unsupported op in the new exporter: try the TorchScript-based one
+        errors.append(f"torch.export-based exporter: {_one_line(exc)}")
+        _log.debug("dynamo ONNX export failed, trying the TorchScript-based exporter", exc_info=True)
+    if not how:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                torch.onnx.export(
+                    model,
+                    (example,),
+                    str(dest),
+                    dynamo=False,
+                    input_names=["input"],
+                    output_names=list(outputs),
+                    dynamic_axes={name: {0: "batch"} for name in ("input", *outputs)},
+                    opset_version=17,
+                )
+            how = "TorchScript-based"
+        except Exception as exc:
+            errors.append(f"TorchScript-based exporter: {_one_line(exc)}")
+            raise UserError(f"ONNX export failed ({'; '.join(errors)}); try --format torchscript") from exc
+    proto = onnx.load(str(dest))
+    for key, value in metadata.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(proto, str(dest))
+    return how
+
+
+class _Reader:
+    """ONNX Runtime's calibration data reader over preprocessed batches."""
+
+    def __init__(self, input_name: str, batches: Iterable[np.ndarray]) -> None:
+        self.input_name = input_name
+        self._it = iter(batches)
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        x = next(self._it, None)
+        return None if x is None else {self.input_name: np.ascontiguousarray(x, dtype=np.float32)}
+
+
+def quantize_int8(src: Path, dest: Path, calibration: Iterable[np.ndarray]) -> Path:
+    """Static int8 quantisation (QDQ, per-channel int8 weights, uint8 activations, min-max ranges) of ``src``,
+    its activation ranges calibrated on the ``calibration`` batches (training images, preprocessed).
+
+    The classifier (the graph's ``Gemm``/``MatMul``) stays in fp32: it is a sliver of the compute, and quantising
+    it cost MobileNetV2 on digits a point of accuracy (0.1 point without it)."""
+    import onnx
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    reader = type("Reader", (_Reader, CalibrationDataReader), {})("input", calibration)
+    with tempfile.TemporaryDirectory(prefix="transfer-int8-") as tmp:
+        pre = Path(tmp, "pre.onnx")
+        try:  # shape inference and graph fusions first, as ONNX Runtime recommends
+            quant_pre_process(str(src), str(pre), skip_symbolic_shape=False)
+        except Exception as exc:
+            _log.debug("quantisation pre-processing failed (%s); quantising the graph as exported", _one_line(exc))
+            pre = src
+        heads = [n.name for n in onnx.load(str(pre)).graph.node if n.op_type in ("Gemm", "MatMul")]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            quantize_static(
+                str(pre),
+                str(dest),
+                reader,
+                quant_format=QuantFormat.QDQ,
+                per_channel=True,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                nodes_to_exclude=heads,
+            )
+    return dest
+
+
+def onnxruntime_available() -> bool:
+    """Whether ONNX Runtime (and the onnx package the export writes with) are installed."""
+    return all(importlib.util.find_spec(m) is not None for m in ("onnxruntime", "onnx"))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Choosing the engine of a deployed model
+
+
+@dataclass
+class RuntimeChoice:
+    """The engine a deployed model serves with, and the evidence for it.
+
+    Attributes:
+        runtime: ``onnx`` or ``torch``.
+        precision: ``fp32`` or ``int8``.
+        reason: why (what fell back, and why).
+        engine: the engine itself (for the held-out outputs below).
+        val: its outputs on the held-out images.
+        files: artifact name -> file (``onnx``: fp32; ``onnx_int8``).
+        metrics: parity and int8 measurements for MLflow.
+    """
+
+    runtime: str
+    precision: str
+    reason: str
+    engine: Any
+    val: Outputs
+    files: dict[str, Path] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def parity(a: Outputs, b: Outputs) -> tuple[float, float]:
+    """(share of images with the same label, max |probability difference|) of two engines' outputs."""
+    from transfer.deploy.calibration import softmax
+
+    if not len(a.labels):
+        return 1.0, 0.0
+    agree = float((a.logits.argmax(1) == b.logits.argmax(1)).mean())
+    return agree, float(np.abs(softmax(a.logits) - softmax(b.logits)).max())
+
+
+def choose_runtime(
+    net: nn.Module,
+    want: str,
+    int8: bool,
+    val: Callable[[], Batches],
+    train: Callable[[], Batches],
+    workdir: Path,
+    metadata: dict[str, str],
+) -> RuntimeChoice:
+    """The engine a deployed model should serve with (see the module docstring).
+
+    Args:
+        net: the :class:`~transfer.deploy.model_format.ServingNet`, on the CPU, in eval mode.
+        want: ``auto`` (ONNX Runtime when it exports and agrees, else PyTorch), ``onnx`` (the same, but a failure
+            is an error) or ``torch``.
+        int8: quantise to int8 (ONNX only).
+        val: held-out ``(images, labels)`` batches (called once per pass).
+        train: training batches (int8 calibration).
+        workdir: where the ONNX files are written.
+        metadata: ONNX ``metadata_props``.
+
+    Raises:
+        UserError: ``want == "onnx"`` and the ONNX model cannot be had.
+    """
+    torch_val = run_all(TorchEngine(net), val())
+    torch_choice = RuntimeChoice("torch", "fp32", "deploy.runtime is torch", None, torch_val)
+    if want == "torch":
+        return torch_choice
+    try:
+        choice = _onnx_choice(net, torch_val, val, workdir, metadata)
+    except Exception as exc:
+        if want == "onnx":
+            raise UserError(f"deploy.runtime onnx: {_one_line(exc)}; set deploy.runtime to auto or torch") from exc
+        _log.warning("serving with PyTorch: %s", _one_line(exc))
+        torch_choice.reason = f"ONNX Runtime not used: {_one_line(exc)}"
+        return torch_choice
+    if int8:
+        _try_int8(choice, val, train, workdir)
+    return choice
+
+
+def _onnx_choice(
+    net: nn.Module, torch_val: Outputs, val: Callable[[], Batches], workdir: Path, metadata: dict[str, str]
+) -> RuntimeChoice:
+    if not onnxruntime_available():
+        raise RuntimeError("onnxruntime (or onnx) is not installed")
+    example = torch.randn(2, *_input_shape(val), generator=torch.Generator().manual_seed(0))
+    path = workdir / "model.onnx"
+    how = write_onnx(net, example, path, metadata, ("logits", "features"))
+    engine = OnnxEngine(path)
+    onnx_val = run_all(engine, val())
+    agree, diff = parity(torch_val, onnx_val)
+    if agree < MIN_LABEL_AGREEMENT or diff > MAX_PROB_DIFF:
+        raise RuntimeError(
+            f"the ONNX model disagrees with PyTorch on held-out images (labels agree on {agree:.1%}, probabilities "
+            f"differ by up to {diff:.1e})"
+        )
+    metrics = {"onnx_label_agreement": agree, "onnx_max_prob_diff": diff}
+    _log.info("ONNX Runtime (%s exporter): labels agree %.1f%%, max prob diff %.1e", how, 100 * agree, diff)
+    reason = f"exported with the {how} exporter; agrees with PyTorch on {len(onnx_val.labels)} held-out images"
+    return RuntimeChoice("onnx", "fp32", reason, engine, onnx_val, {ONNX_ARTIFACTS["fp32"]: path}, metrics)
+
+
+def _input_shape(val: Callable[[], Batches]) -> tuple[int, ...]:
+    for x, _ in val():
+        return tuple(int(v) for v in x.shape[1:])
+    raise RuntimeError("no held-out images to check the export on")
+
+
+def _calibration_batches(train: Callable[[], Batches]) -> Iterable[np.ndarray]:
+    seen = 0
+    for x, _ in train():
+        if seen >= INT8_CALIBRATION_IMAGES:
+            return
+        batch = x[: INT8_CALIBRATION_IMAGES - seen]
+        seen += len(batch)
+        yield batch.numpy()
+
+
+def _try_int8(choice: RuntimeChoice, val: Callable[[], Batches], train: Callable[[], Batches], workdir: Path) -> None:
+    """Quantise the chosen ONNX model; serve it when it loses at most :data:`INT8_MAX_LOSS` of accuracy."""
+    fp32 = choice.val
+    try:
+        src = choice.files[ONNX_ARTIFACTS["fp32"]]
+        path = quantize_int8(src, workdir / "model_int8.onnx", _calibration_batches(train))
+        engine = OnnxEngine(path)
+        int8_val = run_all(engine, val())
+    except Exception as exc:
+        _log.warning("int8 quantisation failed (%s): serving fp32", _one_line(exc))
+        choice.reason += f"; int8 quantisation failed: {_one_line(exc)}"
+        return
+    loss = fp32.accuracy - int8_val.accuracy
+    choice.metrics.update({"int8_val_acc": int8_val.accuracy, "int8_acc_change": -loss})
+    if loss > INT8_MAX_LOSS:
+        _log.warning("int8 loses %.1f points of validation accuracy: serving fp32", 100 * loss)
+        choice.reason += f"; int8 not served: it lost {100 * loss:.1f} points of validation accuracy"
+        return
+    _log.info("serving int8 (validation accuracy %.4f -> %.4f)", fp32.accuracy, int8_val.accuracy)
+    choice.precision, choice.engine, choice.val = "int8", engine, int8_val
+    choice.files[ONNX_ARTIFACTS["int8"]] = path  # the fp32 file stays too: a caller may load the model at fp32
+    choice.reason += f"; int8 calibrated on up to {INT8_CALIBRATION_IMAGES} training images"
+
+
+def load_engine(
+    want: str, net: nn.Module, device: torch.device, onnx_path: str | Path | None, channels_last: tuple[int, ...] | None
+) -> Any:
+    """The engine a loaded model runs on: ONNX Runtime when ``want`` is ``onnx`` and that can run here, else
+    PyTorch (the reason logged)."""
+    if want == "onnx":
+        if onnx_path is None:
+            reason = "the model carries no ONNX file"
+        elif device.type != "cpu":
+            reason = f"the model runs on {device}"
+        elif not onnxruntime_available():
+            reason = "onnxruntime is not installed here"
+        else:
+            try:
+                return OnnxEngine(onnx_path)
+            except Exception as exc:
+                reason = f"ONNX Runtime cannot load the model: {_one_line(exc)}"
+        _log.warning("running the model with PyTorch instead of ONNX Runtime: %s", reason)
+    return TorchEngine(net, device, channels_last if device.type == "cpu" else None)
