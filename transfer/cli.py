@@ -1,4 +1,4 @@
-"""The ``transfer`` command line: ``fit``, ``predict``, ``export``, ``zoo list|info``, ``app``.
+"""The ``transfer`` command line: ``fit``, ``predict``, ``export``, ``zoo``, ``app``, ``audit``, ``recommend``.
 
 Bad input ends in one line on stderr and exit code 2, never a traceback.
 """
@@ -10,6 +10,8 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 from transfer.errors import UserError
 
@@ -98,6 +100,67 @@ def _fit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _audit(args: argparse.Namespace) -> int:
+    from transfer.audit import audit_target
+    from transfer.audit.report import table, write
+
+    report, _ = audit_target(
+        args.target,
+        val_source=args.val_source,
+        backbone=args.backbone,
+        pretrained=args.pretrained,
+        overrides=args.set,
+        curves=not args.no_curves,
+    )
+    if args.json:
+        Path(args.json).write_text(json.dumps(report.to_dict(), indent=1))
+    if args.report:
+        write(report, args.report)
+    print(table(report))
+    return report.exit_code  # 1: problems found
+
+
+def _recommend(args: argparse.Namespace) -> int:
+    from transfer.audit import recipe_for
+    from transfer.recommend import BUDGET_S, log_recommendation, parse_candidate, recommend, table
+    from transfer.tracking import TrackingStore
+
+    recipe = recipe_for(args.source, overrides=args.set)
+    candidates = [parse_candidate(c) for c in args.candidate] or None
+    rec = recommend(recipe, candidates, budget_s=BUDGET_S if args.budget is None else args.budget)
+    store = TrackingStore(args.tracking_uri) if args.tracking_uri else TrackingStore.for_recipe(recipe)
+    run_id = log_recommendation(store.check(), rec, recipe.tracking.experiment)
+    if args.json:
+        Path(args.json).write_text(json.dumps(rec.to_dict(), indent=1))
+    print(table(rec))
+    print(f"logged: MLflow run {run_id} in {store.uri}")
+    return 0 if rec.best else 1
+
+
+def _data_commands(sub: Any) -> None:
+    """``transfer audit`` and ``transfer recommend``."""
+    au = sub.add_parser("audit", help="check a dataset: duplicates, leaks, label errors, outliers, balance")
+    au.add_argument("target", help="a recipe YAML, or a data source (folder, .zip, .csv, hf:NAME, builtin:NAME)")
+    au.add_argument("--val-source", default=None, help="a separate validation source (with a data source)")
+    au.add_argument("--backbone", default=None, help="the backbone whose features are used (default mobilenetv2_100)")
+    au.add_argument("--pretrained", default=None, help="its weights: true, false, timm, torchvision or a file")
+    au.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="recipe override")
+    au.add_argument("--json", default=None, metavar="PATH", help="write the findings as JSON")
+    au.add_argument("--report", default=None, metavar="PATH", help="write an .html or .md report with thumbnails")
+    au.add_argument("--no-curves", action="store_true", help="skip the learning curves (faster)")
+    au.set_defaults(func=_audit)
+    rc = sub.add_parser("recommend", help="rank backbones on your data by how well their features fit it")
+    rc.add_argument("source", help="a data source or a recipe YAML")
+    rc.add_argument(
+        "--candidate", action="append", default=[], metavar="NAME[=WEIGHTS]", help="a candidate (default: all cached)"
+    )
+    rc.add_argument("--budget", type=float, default=None, help="seconds of measuring (default 900)")
+    rc.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="recipe override")
+    rc.add_argument("--json", default=None, metavar="PATH", help="write the ranking as JSON")
+    rc.add_argument("--tracking-uri", default=None, help="MLflow tracking URI for the ranking's run")
+    rc.set_defaults(func=_recommend)
+
+
 def _predict(args: argparse.Namespace) -> int:
     from transfer.deploy.predict import predict_paths
     from transfer.tracking import TrackingStore
@@ -144,6 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     f.set_defaults(func=_fit)
 
+    _data_commands(sub)
     pr = sub.add_parser("predict", help="classify images with a logged or registered model")
     pr.add_argument("model_uri", help="models:/NAME@ALIAS, models:/NAME/VERSION, runs:/ID/model or a local model dir")
     pr.add_argument("images", nargs="+", help="image files or folders")

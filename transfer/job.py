@@ -26,9 +26,12 @@ def on_gpu(recipe: Recipe) -> bool:
 
 
 def check_model_keys(recipe: Recipe) -> None:
-    """Fail on the backbone name and the weights' location before any data is read (one line, no logs first)."""
+    """Fail on the backbone name and the weights' location before any data is read (one line, no logs first);
+    ``model.backbone: auto`` is first resolved in place to the backbone ``transfer recommend`` ranks first."""
     import zoo
+    from transfer.recommend import resolve_auto
 
+    resolve_auto(recipe)
     try:
         zoo.get_spec(recipe.model.backbone)
     except zoo.UnknownModelError as exc:

@@ -63,12 +63,15 @@ class DataConfig(_Section):
     cache_dir: str | None = Field(
         None, description="where datasets and cached features go; default $TRANSFER_CACHE_DIR or ~/.cache/transfer"
     )
+    audit: Literal["warn", "block", "off"] = Field(
+        "warn", description="audit the data first (transfer audit): log the findings; block: stop on leakage; off"
+    )
 
 
 class ModelConfig(_Section):
     """The backbone and its starting weights."""
 
-    backbone: str = Field(description="a zoo model name (`transfer zoo list`)")
+    backbone: str = Field(description="a zoo model name (`transfer zoo list`), or auto: `transfer recommend` picks")
     pretrained: bool | str = Field(
         True,
         description="as zoo.create_model: true, false, 'timm[:tag]', 'torchvision[:WEIGHTS]', a file path, or "
@@ -171,6 +174,16 @@ class Recipe(_Section):
     # Where each key came from ("recipe.yaml:7" or "--set"), for error messages raised after validation.
     _where: dict[str, str] = PrivateAttr(default_factory=dict)
     _path: Path | None = PrivateAttr(default=None)
+    _recommendation: dict[str, Any] | None = PrivateAttr(default=None)  # model.backbone: auto, as resolved
+
+    @property
+    def recommendation(self) -> dict[str, Any] | None:
+        """How ``model.backbone: auto`` was resolved (the ranked candidates), or None."""
+        return self._recommendation
+
+    def choose_backbone(self, backbone: str, pretrained: bool | str, table: dict[str, Any]) -> None:
+        """Resolve ``model.backbone: auto`` in place, keeping the recommendation that chose it."""
+        self.model.backbone, self.model.pretrained, self._recommendation = backbone, pretrained, table
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], *, where: dict[str, str] | None = None, path: Path | None = None) -> Recipe:

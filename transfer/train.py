@@ -113,6 +113,7 @@ def _fit(r: Recipe, resume: bool, restart: bool, callbacks: Sequence[Any]) -> Fi
     import lightning as L
 
     from transfer import strategies
+    from transfer.audit.fit import before_training
     from transfer.job import check_model_keys, prepare
     from transfer.trainer import build_trainer, quiet_third_parties
 
@@ -139,6 +140,7 @@ def _fit(r: Recipe, resume: bool, restart: bool, callbacks: Sequence[Any]) -> Fi
             return _follower_result(trainer, strategy, rd, params)
         with _tracked(store, rd, r, decision, params, resume) as run:
             run.attach(trainer, events, strategy.name)
+            before_training(job, store, run.run_id)  # data.audit: findings logged; block stops a leaking split
             trainer.callbacks.extend(callbacks)  # after ours: they see this epoch's metrics logged
             _train(trainer, plan, rd, resume)
             run.trained = True

@@ -110,6 +110,8 @@ def recipe_for(
     given backbone (default :data:`DEFAULT_BACKBONE`, pretrained)."""
     from transfer.recipe import load_recipe
 
+    if isinstance(pretrained, str) and pretrained.lower() in ("true", "false"):  # --pretrained false
+        pretrained = pretrained.lower() == "true"
     if Path(target).suffix.lower() in (".yaml", ".yml"):
         extra = [f"data.val_source={val_source}"] if val_source else []
         extra += [f"model.backbone={backbone}"] if backbone else []

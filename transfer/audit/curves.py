@@ -13,7 +13,7 @@ import logging
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import torch
@@ -127,7 +127,7 @@ def forecast(curve: LearningCurve, n: int) -> dict[str, Any]:
     }
 
 
-def plot(curve: LearningCurve, path: Path) -> Path:
+def plot(curve: LearningCurve, path: Path | IO[bytes]) -> Path | IO[bytes]:
     """The curve, its power-law fit and the forecast point, as a PNG (matplotlib's Agg canvas)."""
     from matplotlib.figure import Figure
 

@@ -44,7 +44,9 @@ def label_issues(
     remap = np.full(num_classes, -1)
     remap[cols] = np.arange(len(cols))
     sub = probs[:, cols] / probs[:, cols].sum(1, keepdims=True)
-    ranked = find_label_issues(remap[labels], sub, filter_by=FILTER_BY, return_indices_ranked_by="self_confidence")
+    ranked = find_label_issues(  # n_jobs=1: no forked pool inside a process that holds torch threads
+        remap[labels], sub, filter_by=FILTER_BY, return_indices_ranked_by="self_confidence", n_jobs=1
+    )
     issues = [
         LabelIssue(int(i), int(labels[i]), int(cols[sub[i].argmax()]), round(1.0 - float(sub[i, remap[labels[i]]]), 4))
         for i in ranked
