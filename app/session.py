@@ -1,195 +1,247 @@
-"""Per-session work directories, uploads and the training subprocess of the web page.
+"""A visitor's work folder: the dataset they loaded, their weights file, their runs, and which run is open.
 
-Everything here is plain Python so it can be tested without a browser. The page never trains in its own
-process: it writes a recipe and runs ``python -m transfer fit`` on it, reading the fit's progress from its run
-directory's ``events.jsonl`` and its result from ``run.json`` (:mod:`transfer.rundir`), never from its output.
+Everything here is plain Python so it can be tested without a browser. The folder is
+``<data dir>/sessions/<digest of the visitor>/`` and its state lives in ``session.json`` (so a reload, another tab
+or a restarted server finds the same dataset and runs): uploads under ``uploads/``, trainings under ``runs/``
+(:mod:`app.runs`). Loading data replaces the dataset only when the new one is good: a failed load leaves *no*
+dataset, never the previous one, so Train cannot quietly use data the visitor meant to replace.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
 import shutil
-import signal
-import subprocess
-import sys
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from app.limits import Limits
+from app.runs import RunFolder, list_runs, scrub
+from app.visitors import Visitor
 from transfer.errors import UserError
-from transfer.imaging import IMAGE_EXTENSIONS, probe_file
-from transfer.progress import read_events
-from transfer.rundir import RunDir
 from transfer.sources import ScanResult, descend_wrappers, safe_extract_zip, scan_folder
 
 _log = logging.getLogger(__name__)
 
-MAX_UPLOAD_FILES = 5000
-MAX_UPLOAD_BYTES = 500 * 1024 * 1024
+SESSION_FILE = "session.json"
 TINY_CLASS = 10
 IMBALANCE_RATIO = 3.0
+SAMPLES_PER_CLASS = 6
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 
 
 def safe_name(text: str, default: str = "item") -> str:
     """A file-system-safe name (no separators, no dots first) for labels and registered names."""
-    name = _SAFE_NAME.sub("_", text.strip()).strip("._")
+    name = _SAFE_NAME.sub("_", (text or "").strip()).strip("._")
     return name[:64] or default
 
 
 @dataclass
-class Session:
-    """One visitor's isolated work directory: uploads, dataset, recipes and training logs live under ``root``."""
+class Dataset:
+    """The loaded dataset, as the page shows it and as the recipe names it.
 
-    root: Path
-    tracking_uri: str
-    data_dir: Path | None = None
-    data_source: str | None = None
-    classes: list[str] = field(default_factory=list)
-    proc: subprocess.Popen | None = None
-    run_dir: Path | None = None  # the page's folder of one training: recipe.yaml, fit.log and the fit's run directory
-    fit_dir: RunDir | None = None  # the fit's own run directory (run.json, events.jsonl, checkpoints)
-    result: dict[str, Any] = field(default_factory=dict)
+    Attributes:
+        source: the recipe's ``data.source`` (a folder in the work folder, or ``builtin:NAME``).
+        label: what the visitor calls it (the zip's name, "12 dropped images", ``builtin:digits``).
+        images: how many usable images.
+        classes: class names.
+        summary: Markdown: counts per class and warnings.
+        samples: a few ``(path, class)`` pairs per class for the gallery.
+    """
+
+    source: str
+    label: str
+    images: int
+    classes: list[str]
+    summary: str
+    samples: list[tuple[str, str]]
+
+
+class Session:
+    """One visitor's work folder (see the module docstring).
+
+    Args:
+        root: the folder.
+        limits: upload limits.
+    """
+
+    def __init__(self, root: Path, limits: Limits) -> None:
+        self.root, self.limits = root, limits
+        self.root.mkdir(parents=True, exist_ok=True)
 
     @classmethod
-    def create(cls, base: Path, session_id: str, tracking_uri: str) -> Session:
-        root = base / "sessions" / safe_name(session_id, "anonymous")
-        root.mkdir(parents=True, exist_ok=True)
-        return cls(root=root.resolve(), tracking_uri=tracking_uri)
+    def open(cls, base: Path, visitor: Visitor, limits: Limits) -> Session:
+        """The work folder of ``visitor`` under ``base/sessions`` (made on first use)."""
+        return cls((base / "sessions" / visitor.folder_name).resolve(), limits)
 
-    # ---------------------------------------------------------------------------------------------- data
-    def load_zip(self, zip_path: str | Path) -> ScanResult:
-        """Extract an uploaded zip of class folders inside the session (safely) and scan it."""
+    # -- state -------------------------------------------------------------------------------------------------
+    def _state(self) -> dict[str, Any]:
+        try:
+            return json.loads((self.root / SESSION_FILE).read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def _update(self, **fields: Any) -> None:
+        data = {**self._state(), **fields, "seen": time.time()}
+        tmp = self.root / f".{SESSION_FILE}.tmp"
+        tmp.write_text(json.dumps(data, indent=1))
+        os.replace(tmp, self.root / SESSION_FILE)
+
+    def touch(self) -> None:
+        """Mark the folder as visited now (the session time-to-live counts from here)."""
+        self._update()
+
+    @property
+    def dataset(self) -> Dataset | None:
+        d = self._state().get("dataset")
+        if not d:
+            return None
+        return Dataset(**{**d, "samples": [tuple(s) for s in d["samples"]]})
+
+    @property
+    def weights_file(self) -> tuple[str, str] | None:
+        """The visitor's own weights file: (path, the backbone it was checked against), if any."""
+        w = self._state().get("weights")
+        return (w["path"], w["backbone"]) if w and Path(w["path"]).is_file() else None
+
+    def set_weights_file(self, path: str | None, backbone: str | None = None) -> None:
+        self._update(weights={"path": path, "backbone": backbone} if path else None)
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """The Model tab's settings of the visitor's last training."""
+        return dict(self._state().get("settings") or {})
+
+    def save_settings(self, settings: dict[str, Any]) -> None:
+        self._update(settings=settings)
+
+    @property
+    def current_run(self) -> RunFolder | None:
+        """The run Evaluate, Deploy and Try refer to (the last one started, or the one opened from the list)."""
+        name = self._state().get("current_run")
+        return self.run(name) if name else None
+
+    def open_run(self, name: str) -> RunFolder:
+        run = self.run(name)
+        self._update(current_run=run.name)
+        return run
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.root / "runs"
+
+    def runs(self) -> list[RunFolder]:
+        return list_runs(self.runs_dir)
+
+    def run(self, name: str) -> RunFolder:
+        """One of this visitor's runs, by folder name.
+
+        Raises:
+            UserError: no such run of theirs.
+        """
+        run = RunFolder(self.runs_dir / safe_name(name, "-"))
+        if not (run.path / "page.json").is_file():
+            raise UserError(f"no run {name!r} of yours; pick one from the list of your runs")
+        return run
+
+    def new_run(self, recipe: dict[str, Any], note: dict[str, Any]) -> RunFolder:
+        """A run folder for ``recipe`` on this visitor's dataset (:meth:`open_run` makes it the current one)."""
+        if self.dataset is None:
+            raise UserError("no dataset loaded: load one on the Data tab first")
+        recipe = {**recipe, "data": {**recipe.get("data", {}), "source": self.dataset.source}}
+        return RunFolder.create(self.runs_dir, recipe, note)
+
+    # -- data --------------------------------------------------------------------------------------------------
+    def clear_dataset(self) -> None:
+        self._update(dataset=None)
+
+    def load_zip(self, zip_path: str | Path, shown_name: str | None = None) -> Dataset:
+        """Extract an uploaded zip of class folders inside the work folder (safely) and use it."""
         zip_path = Path(zip_path)
-        if zip_path.stat().st_size > MAX_UPLOAD_BYTES:
-            raise UserError(
-                f"the zip is {zip_path.stat().st_size / 1e6:.0f} MB; the limit is {MAX_UPLOAD_BYTES / 1e6:.0f} MB"
+        label = shown_name or zip_path.name
+        self.clear_dataset()
+        size = zip_path.stat().st_size
+        if size > self.limits.upload_bytes:
+            raise UserError(f"the zip is {size / 1e6:.0f} MB; the limit here is {self.limits.upload_mb} MB")
+        names = {str(zip_path): label}
+        try:
+            extracted = safe_extract_zip(
+                zip_path,
+                self.root / "uploads",
+                max_bytes=self.limits.expanded_bytes,
+                max_members=self.limits.max_files,
             )
-        folder = descend_wrappers(safe_extract_zip(zip_path, self.root / "uploads"))
-        return self._use_folder(folder)
+            folder = descend_wrappers(extracted)
+            names |= {str(folder): label, str(extracted): label}
+            return self._use(folder, str(folder), label)
+        except UserError as exc:
+            raise UserError(_in_words(exc, names, self.root)) from None
 
-    def load_images(self, paths: list[str], labels: list[str]) -> ScanResult:
-        """Copy dropped images into ``<session>/uploads/images/<label>/`` and scan them."""
+    def load_images(self, paths: list[str], labels: list[str]) -> Dataset:
+        """Copy dropped images into ``uploads/images-<time>/<label>/`` and use them."""
+        self.clear_dataset()
         if not paths:
             raise UserError("no images uploaded; drop some images or upload a zip of class folders")
-        if len(paths) > MAX_UPLOAD_FILES:
-            raise UserError(f"{len(paths)} files is over the {MAX_UPLOAD_FILES}-file limit; upload a zip instead")
+        if len(paths) > self.limits.max_files:
+            raise UserError(f"{len(paths)} files is over the {self.limits.max_files}-file limit; upload a zip instead")
         if len(labels) != len(paths):
             raise UserError(
                 f"{len(paths)} images but {len(labels)} labels; give one label per image, comma-separated, in order"
             )
+        if sum(Path(p).stat().st_size for p in paths) > self.limits.upload_bytes:
+            raise UserError(f"the images add up to more than {self.limits.upload_mb} MB, the limit here")
         folder = self.root / "uploads" / f"images-{int(time.time() * 1000)}"
         for i, (p, label) in enumerate(zip(paths, labels)):
             dest = folder / safe_name(label, "unlabelled")
             dest.mkdir(parents=True, exist_ok=True)
             shutil.copy(p, dest / f"{i:05d}_{safe_name(Path(p).name)}")
-        return self._use_folder(folder)
+        label = f"{len(paths)} dropped images"
+        try:
+            return self._use(folder, str(folder), label)
+        except UserError as exc:
+            raise UserError(_in_words(exc, {str(folder): label}, self.root)) from None
 
-    def use_builtin(self, name: str) -> ScanResult:
+    def use_builtin(self, name: str) -> Dataset:
+        """A built-in dataset (materialised once in the shared dataset cache; the recipe names it ``builtin:``)."""
         from transfer.sources import BUILTINS, cache_root
 
+        self.clear_dataset()
         key = name.removeprefix("builtin:")
         if key not in BUILTINS:
             raise UserError(f"unknown built-in dataset {name!r}; choose one of {', '.join(BUILTINS)}")
         folder = BUILTINS[key](cache_root())
-        result = self._use_folder(folder)
-        self.data_source = f"builtin:{key}"
-        return result
-
-    def _use_folder(self, folder: Path) -> ScanResult:
-        result = scan_folder(folder)
-        self.data_dir, self.data_source, self.classes = folder, str(folder), result.classes
-        return result
-
-    # ---------------------------------------------------------------------------------------------- train
-    def write_recipe(self, recipe: dict[str, Any]) -> Path:
-        """Validate and save a recipe for this session's data; returns the file `transfer fit` will run."""
-        from transfer.recipe import load_recipe
-
-        if not self.data_source:
-            raise UserError("load a dataset first (Data tab)")
-        run_dir = self.root / "runs" / time.strftime("%Y%m%d-%H%M%S")
-        recipe = {**recipe, "data": {**recipe.get("data", {}), "source": self.data_source}}
-        recipe.setdefault("tracking", {})["uri"] = self.tracking_uri
-        recipe["trainer"] = {**recipe.get("trainer", {}), "default_root_dir": str(run_dir)}
-        load_recipe(recipe)  # fail here, on the page, rather than in the subprocess
-        run_dir.mkdir(parents=True, exist_ok=True)
-        path = run_dir / "recipe.yaml"
-        path.write_text(yaml.safe_dump(recipe, sort_keys=False), encoding="utf-8")
-        self.run_dir, self.fit_dir = run_dir, RunDir.for_recipe(load_recipe(path))
-        return path
-
-    def start(self, recipe_path: Path) -> None:
-        """Run ``transfer fit`` on the recipe in a subprocess of its own process group."""
-        if self.running:
-            raise UserError("a training run is already going on in this session; cancel it or wait")
-        assert self.run_dir is not None
-        self.result = {}
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        log = open(self.run_dir / "fit.log", "wb")  # noqa: SIM115 - closed in poll() when the run ends
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "transfer", "fit", str(recipe_path)],
-            cwd=self.run_dir,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        self._log_file = log
-
-    @property
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def events(self) -> list[dict[str, Any]]:
-        """The fit's progress events so far."""
-        return read_events(self.fit_dir.events) if self.fit_dir else []
-
-    def log_tail(self, lines: int = 5) -> str:
-        if not self.run_dir or not (self.run_dir / "fit.log").exists():
-            return ""
-        text = (self.run_dir / "fit.log").read_text(encoding="utf-8", errors="replace")
-        return "\n".join(text.splitlines()[-lines:])
-
-    def finish(self) -> dict[str, Any]:
-        """After the subprocess ended: the fit's result from its ``run.json`` (run_id, model_uri, metrics, ...),
-        the exit code, and the error its last event names."""
-        assert self.proc is not None and self.fit_dir is not None
-        self._log_file.close()
-        state = self.fit_dir.read()
-        result: dict[str, Any] = {"returncode": self.proc.returncode, "status": state.get("status")}
-        result.update(state.get("result") or {})  # only a finished fit has one
-        ends = [e for e in self.events() if e["event"] == "end"]
-        if ends and ends[-1].get("error"):
-            result["error"] = ends[-1]["error"]
-        self.result = result
-        return result
-
-    def cancel(self, timeout: float = 20.0) -> None:
-        """Stop the run cleanly: SIGTERM, which ``transfer fit`` handles as Ctrl+C whatever signals the page's own
-        process ignores (the checkpoints stay resumable, the MLflow run ends KILLED); SIGKILL after ``timeout``."""
-        if not self.running:
-            return
-        assert self.proc is not None
-        os.killpg(self.proc.pid, signal.SIGTERM)
         try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(5)
+            return self._use(folder, f"builtin:{key}", f"builtin:{key}")
+        except UserError as exc:
+            raise UserError(_in_words(exc, {str(folder): f"builtin:{key}"}, self.root)) from None
+
+    def _use(self, folder: Path, source: str, label: str) -> Dataset:
+        result = scan_folder(folder)
+        summary, samples = summarize(result, label)
+        dataset = Dataset(source, label, len(result.samples), result.classes, summary, samples)
+        self._update(dataset=asdict(dataset))
+        return dataset
 
 
-def summarize(result: ScanResult) -> tuple[str, list[tuple[str, str]]]:
-    """Markdown with class counts and warnings, and a gallery of up to 6 images per class."""
-    counts = Counter(label for _, label in result.samples)
+def _in_words(exc: Exception, names: dict[str, str], root: Path) -> str:
+    """An error about an upload in the visitor's words: their file's name for our folders, no server paths."""
+    text = str(exc)
+    for path in sorted(names, key=len, reverse=True):
+        text = text.replace(path, names[path])
+    return scrub(text, [root])
+
+
+def summarize(result: ScanResult, label: str = "") -> tuple[str, list[tuple[str, str]]]:
+    """Markdown with class counts and warnings, and up to :data:`SAMPLES_PER_CLASS` images per class."""
+    counts = Counter(lab for _, lab in result.samples)
+    name = f" — {label}" if label else ""
     lines = [
-        f"**{len(result.samples)} images in {len(result.classes)} classes**",
+        f"**{len(result.samples)} images in {len(result.classes)} classes**{name}",
         "",
         "| class | images |",
         "|---|---|",
@@ -207,13 +259,9 @@ def summarize(result: ScanResult) -> tuple[str, list[tuple[str, str]]]:
         warnings.append(f"skipped {len(result.skipped)} files: {shown}{more}")
     if warnings:
         lines += ["", *[f"- ⚠️ {w}" for w in warnings]]
-    gallery, per_class = [], Counter()
-    for path, label in result.samples:
-        if per_class[label] < 6:
-            per_class[label] += 1
-            gallery.append((path, result.classes[label]))
-    return "\n".join(lines), gallery
-
-
-def is_image_file(path: str | Path) -> bool:
-    return Path(path).suffix.lower() in IMAGE_EXTENSIONS and probe_file(path) is None
+    samples, per_class = [], Counter()
+    for path, lab in result.samples:
+        if per_class[lab] < SAMPLES_PER_CLASS:
+            per_class[lab] += 1
+            samples.append((path, result.classes[lab]))
+    return "\n".join(lines), samples

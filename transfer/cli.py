@@ -184,9 +184,23 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _app(args: argparse.Namespace) -> int:
+    import signal
+
+    from app.limits import Limits
     from app.main import launch
 
-    launch(host=args.host, port=args.port, share=args.share, auth=args.auth)
+    limits = Limits.from_settings(args.limit)  # bad limits and an exposed host without auth: exit 2 before serving
+    # A service manager's SIGTERM stops the page as Ctrl+C does: its trainings are cancelled and stay resumable.
+    signal.signal(signal.SIGTERM, _terminate_as_interrupt)
+    launch(
+        host=args.host,
+        port=args.port,
+        share=args.share,
+        auth=args.auth,
+        no_auth=args.no_auth,
+        base=args.data_dir,
+        limits=limits,
+    )
     return 0
 
 
@@ -241,6 +255,13 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--port", type=int, default=7860)
     a.add_argument("--share", action="store_true")
     a.add_argument("--auth", default=None, help="user:password (or set TRANSFER_APP_AUTH)")
+    a.add_argument(
+        "--no-auth", action="store_true", help="serve beyond loopback without a password (a private network only)"
+    )
+    a.add_argument("--data-dir", default=None, help="work folders and the default MLflow store (default: app-data)")
+    a.add_argument(
+        "--limit", action="append", default=[], metavar="NAME=VALUE", help="change a limit, e.g. trainings_total=4"
+    )
     a.set_defaults(func=_app)
     return p
 

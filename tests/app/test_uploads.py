@@ -1,4 +1,5 @@
-"""Bad uploads on the page's session layer: clear messages, nothing written outside the session directory."""
+"""A visitor's work folder: uploads become a dataset or a one-line refusal in the visitor's words, nothing is written
+outside the folder, and a failed load leaves no dataset behind."""
 
 from __future__ import annotations
 
@@ -7,7 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from app.session import Session, summarize
+from app.limits import Limits
+from app.session import Session
+from app.visitors import Visitor
+from tests.app.support import zip_tree
 from tests.helpers import digits_folder
 from transfer.errors import UserError
 
@@ -18,16 +22,38 @@ def _files_outside(base: Path, session: Session) -> list[Path]:
 
 @pytest.fixture
 def session(tmp_path: Path) -> Session:
-    return Session.create(tmp_path / "base", "visitor-1", f"sqlite:///{tmp_path}/mlflow.db")
+    return Session.open(tmp_path / "base", Visitor("session-visitor-1"), Limits())
 
 
 def test_zip_of_class_folders_is_summarised(session: Session, digits_zip: Path) -> None:
-    result = session.load_zip(digits_zip)
-    assert result.classes == ["digit_0", "digit_1", "digit_7"]
-    md, gallery = summarize(result)
-    assert "48 images in 3 classes" in md and "| digit_7 | 16 |" in md
-    assert len(gallery) == 18 and {c for _, c in gallery} == set(result.classes)
-    assert session.data_dir.resolve().is_relative_to(session.root)
+    dataset = session.load_zip(digits_zip)
+    assert dataset.classes == ["digit_0", "digit_1", "digit_7"] and dataset.images == 48
+    assert "48 images in 3 classes" in dataset.summary and "| digit_7 | 16 |" in dataset.summary
+    assert len(dataset.samples) == 18 and {c for _, c in dataset.samples} == set(dataset.classes)
+    assert Path(dataset.source).resolve().is_relative_to(session.root)
+
+
+def test_the_dataset_survives_a_new_session_object(session: Session, digits_zip: Path, tmp_path: Path) -> None:
+    """A reload (or a restarted server) opens the same work folder and finds the dataset there."""
+    session.load_zip(digits_zip)
+    again = Session.open(tmp_path / "base", Visitor("session-visitor-1"), Limits())
+    assert again.dataset is not None and again.dataset.label == "digits.zip" and again.dataset.images == 48
+
+
+def test_a_failed_load_clears_the_dataset(session: Session, digits_zip: Path, one_class_zip: Path) -> None:
+    session.load_zip(digits_zip)
+    with pytest.raises(UserError, match="at least 2 classes"):
+        session.load_zip(one_class_zip)
+    assert session.dataset is None
+    with pytest.raises(UserError, match="no dataset loaded"):
+        session.new_run({"model": {"backbone": "mobilenetv2_100"}}, {})
+
+
+def test_refusals_name_the_upload_not_server_folders(session: Session, one_class_zip: Path) -> None:
+    with pytest.raises(UserError) as caught:
+        session.load_zip(one_class_zip)
+    message = str(caught.value)
+    assert "one.zip" in message and str(session.root) not in message and "/" not in message.split("one.zip")[0]
 
 
 def test_zip_slip_is_refused(session: Session, tmp_path: Path) -> None:
@@ -51,81 +77,40 @@ def test_zip_bomb_is_refused(session: Session, tmp_path: Path) -> None:
     assert not any(p.stat().st_size > 1_000_000 for p in (tmp_path / "base").rglob("*") if p.is_file())
 
 
+def test_a_zip_over_the_file_limit_is_refused(tmp_path: Path, digits_zip: Path) -> None:
+    session = Session.open(tmp_path / "base", Visitor("session-x"), Limits(max_files=20))
+    with pytest.raises(UserError, match="over the 20 limit"):
+        session.load_zip(digits_zip)
+    assert not list((tmp_path / "base").rglob("*.png"))
+
+
 def test_non_images_are_listed_as_skipped(session: Session, tmp_path: Path) -> None:
     root = digits_folder(tmp_path / "d" / "data", classes=(3, 4), per_class=8)
     (root / "digit_3" / "notes.txt").write_text("not an image")
     (root / "digit_4" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nbroken")
-    path = tmp_path / "mixed.zip"
-    with zipfile.ZipFile(path, "w") as zf:
-        for f in sorted(root.rglob("*")):
-            if f.is_file():
-                zf.write(f, f.relative_to(root.parent))
-    result = session.load_zip(path)
-    md, _ = summarize(result)
-    assert len(result.samples) == 16
-    assert "skipped 2 files" in md and "notes.txt" in md and "broken.png" in md
-
-
-def test_single_class_is_refused(session: Session, tmp_path: Path) -> None:
-    root = digits_folder(tmp_path / "one" / "data", classes=(5,), per_class=6)
-    path = tmp_path / "one.zip"
-    with zipfile.ZipFile(path, "w") as zf:
-        for f in sorted(root.rglob("*.png")):
-            zf.write(f, f.relative_to(root.parent))
-    with pytest.raises(UserError, match="at least 2 classes"):
-        session.load_zip(path)
+    dataset = session.load_zip(zip_tree(root, tmp_path / "mixed.zip"))
+    assert dataset.images == 16
+    assert "skipped 2 files" in dataset.summary and "notes.txt" in dataset.summary and "broken.png" in dataset.summary
 
 
 def test_dropped_images_with_labels(session: Session, tmp_path: Path) -> None:
     root = digits_folder(tmp_path / "imgs", classes=(1, 2), per_class=3)
     files = sorted(str(p) for p in root.rglob("*.png"))
     labels = [Path(f).parent.name.replace("digit_", "d") for f in files]
-    result = session.load_images(files, labels)
-    assert result.classes == ["d1", "d2"] and len(result.samples) == 6
+    dataset = session.load_images(files, labels)
+    assert dataset.classes == ["d1", "d2"] and dataset.images == 6
     with pytest.raises(UserError, match="one label per image"):
         session.load_images(files, labels[:-1])
 
 
 def test_sessions_are_isolated(tmp_path: Path, digits_zip: Path) -> None:
-    a = Session.create(tmp_path / "base", "alice", "sqlite:///x.db")
-    b = Session.create(tmp_path / "base", "bob", "sqlite:///x.db")
+    a = Session.open(tmp_path / "base", Visitor("alice"), Limits())
+    b = Session.open(tmp_path / "base", Visitor("bob"), Limits())
     a.load_zip(digits_zip)
-    assert a.root != b.root and b.data_dir is None
-    assert a.data_dir.resolve().is_relative_to(a.root)
+    assert a.root != b.root and b.dataset is None
     assert not list(b.root.rglob("*.png"))
 
 
-def test_session_id_cannot_escape(tmp_path: Path) -> None:
-    s = Session.create(tmp_path / "base", "../../etc", "sqlite:///x.db")
-    assert s.root.is_relative_to((tmp_path / "base" / "sessions").resolve())
-
-
-def test_cancel_stops_a_running_fit_cleanly(session: Session, digits_zip: Path) -> None:
-    """Cancel = SIGINT to the `transfer fit` subprocess: it stops mid-training and marks its MLflow run KILLED."""
-    import time
-
-    import mlflow
-
-    session.load_zip(digits_zip)
-    recipe = {
-        "data": {"image_size": 32, "batch_size": 4, "num_workers": 0, "augment": "none"},
-        "model": {"backbone": "resnet18", "pretrained": False},
-        "strategy": {"name": "full"},
-        "trainer": {"max_epochs": 200, "enable_progress_bar": False},
-        "tracking": {"register_as": "never-registered"},
-    }
-    session.start(session.write_recipe(recipe))
-    deadline = time.monotonic() + 180
-    while not any(e["event"] == "step" for e in session.events()):
-        assert session.running, session.log_tail(20)
-        assert time.monotonic() < deadline, "training never started"
-        time.sleep(0.5)
-    t0 = time.monotonic()
-    session.cancel()
-    assert not session.running and time.monotonic() - t0 < 30
-    result = session.finish()
-    assert result["returncode"] != 0 and "run_id" not in result
-    client = mlflow.tracking.MlflowClient(tracking_uri=session.tracking_uri)
-    runs = client.search_runs([client.get_experiment_by_name("transfer").experiment_id])
-    assert [r.info.status for r in runs] == ["KILLED"]
-    assert not client.search_registered_models()
+def test_work_folder_names_reveal_nobody(tmp_path: Path) -> None:
+    s = Session.open(tmp_path / "base", Visitor("../../etc"), Limits())
+    assert s.root.parent == (tmp_path / "base" / "sessions").resolve() and "etc" not in s.root.name

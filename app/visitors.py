@@ -1,0 +1,124 @@
+"""Who is visiting: the ``--auth`` user, or a session id the server signed and the browser keeps.
+
+Without ``--auth`` a visitor is a random token kept in the browser's localStorage (``gr.BrowserState``), so a reload
+(or a server restart) finds the same visitor, their runs and their models. The server signs each token it hands
+out with a secret kept in its data folder: a client can only present a token this server issued, never choose one
+(a guessable name would let two clients share a work folder and its models). A client without a page (the
+``gradio_client`` API) is given a fresh token on its first call and keeps it in its connection's state.
+
+:class:`Presence` remembers when each visitor was last seen and which pages they have open, so a training whose
+visitor has gone for good can be stopped (:mod:`app.supervisor`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+_SECRET_FILE = ".visitor-secret"
+
+
+@dataclass(frozen=True)
+class Visitor:
+    """One visitor.
+
+    Attributes:
+        owner: what their models are tagged with (``transfer.owner``): the user name, or ``session-<id>``.
+        token: the signed browser token (empty for an ``--auth`` user).
+    """
+
+    owner: str
+    token: str = ""
+
+    @property
+    def folder_name(self) -> str:
+        """Their work folder's name: a digest, so no visitor's name or token ever appears in a path."""
+        return hashlib.sha256(self.owner.encode()).hexdigest()[:24]
+
+    @property
+    def suggested_model_name(self) -> str:
+        """A registered-model name nobody else is likely to hold."""
+        return f"{self.owner.removeprefix('session-')[:8]}-classifier"
+
+
+class Tokens:
+    """Issues and checks signed visitor tokens.
+
+    Args:
+        folder: where the signing secret lives (made on first use, readable by the owner only).
+    """
+
+    def __init__(self, folder: Path) -> None:
+        path = folder / _SECRET_FILE
+        if not path.exists():
+            folder.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_hex(32))
+        self._key = path.read_text().strip().encode()
+
+    def _sign(self, ident: str) -> str:
+        return hmac.new(self._key, ident.encode(), hashlib.sha256).hexdigest()[:24]
+
+    def derived(self, purpose: str) -> str:
+        """A secret for ``purpose`` derived from the server's (e.g. the key that encrypts the browser's copy)."""
+        return hmac.new(self._key, purpose.encode(), hashlib.sha256).hexdigest()[:32]
+
+    def issue(self) -> str:
+        """A new token: a random id and its signature."""
+        ident = secrets.token_hex(12)
+        return f"{ident}.{self._sign(ident)}"
+
+    def check(self, token: object) -> str | None:
+        """The id inside a token this server signed, else None."""
+        if not isinstance(token, str) or token.count(".") != 1:
+            return None
+        ident, sig = token.split(".")
+        return ident if len(ident) == 24 and hmac.compare_digest(sig, self._sign(ident)) else None
+
+    def visitor(self, username: str | None, token: object) -> Visitor:
+        """The ``--auth`` user, else the holder of ``token`` (a fresh visitor when it is missing or forged)."""
+        if username:
+            return Visitor(owner=username)
+        ident = self.check(token)
+        if ident is None:
+            token = self.issue()
+            ident = token.split(".")[0]
+        return Visitor(owner=f"session-{ident}", token=str(token))
+
+
+class Presence:
+    """When each visitor was last seen, and how many of their pages are open."""
+
+    def __init__(self) -> None:
+        self._seen: dict[str, float] = {}
+        self._pages: dict[str, str] = {}  # Gradio session hash (one open page) -> owner
+        self._lock = threading.Lock()
+
+    def seen(self, owner: str, page: str | None = None) -> None:
+        """``owner`` did something now (from the page ``page``, if known)."""
+        with self._lock:
+            self._seen[owner] = time.time()
+            if page:
+                self._pages[page] = owner
+
+    def closed(self, page: str) -> None:
+        """A page was closed or reloaded (Gradio's unload)."""
+        with self._lock:
+            owner = self._pages.pop(page, None)
+            if owner:
+                self._seen[owner] = time.time()
+
+    def gone_for(self, owner: str, now: float | None = None) -> float:
+        """Seconds since ``owner`` was last seen with no page open (0 while a page is open)."""
+        with self._lock:
+            if owner in self._pages.values():
+                return 0.0
+            last = self._seen.get(owner)
+        return float("inf") if last is None else (now or time.time()) - last
