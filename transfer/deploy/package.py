@@ -22,6 +22,7 @@ The result, a :class:`Deployment`, is what :func:`transfer.deploy.registry.log_c
 
 from __future__ import annotations
 
+import json
 import logging
 import tempfile
 from collections.abc import Callable
@@ -127,7 +128,7 @@ def prepare_deployment(job: Any, strategy: Any, final: Any) -> Deployment:
         tta = _tta(r)
         net = ServingNet(final.model.eval(), tta)
         job.events.phase("evaluate", "Choosing the runtime of the deployed model")
-        metadata = {"class_names": str(job.index.classes), "backbone": job.spec.name}
+        metadata = {"class_names": json.dumps(list(job.index.classes)), "backbone": job.spec.name}
         val = _loader(job, list(job.index.val))
         choice = choose_runtime(net, cfg.runtime, cfg.int8, val, _loader(job, _calibration_sample(job)), root, metadata)
         d.config.update(runtime=choice.runtime, precision=choice.precision, runtime_reason=choice.reason)

@@ -111,7 +111,8 @@ def predict_paths(model_uri: str, paths: Sequence[str | Path], store: TrackingSt
         store: where the model is (default: ``$MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db``).
 
     Returns:
-        One row per image: ``path``, ``label``, ``score``, ``error`` and ``prob_<class>`` per class.
+        One row per image: ``path``, ``label``, ``score``, ``error``, ``unknown``, ``ood_score`` and
+        ``prob_<class>`` per class (calibrated).
 
     Raises:
         UserError: unknown model URI, unreachable registry, missing images.

@@ -11,6 +11,7 @@ accuracy of the fp32 and int8 graphs measured on the run's validation images and
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -108,7 +109,7 @@ def export_int8(pyfunc: Any, classifier: Any, dest: Path, store: TrackingStore) 
     rng = np.random.default_rng(0)
     train = [index.train[i] for i in sorted(rng.permutation(len(index.train))[:INT8_CALIBRATION_IMAGES])]
     model = classifier.model.cpu().eval().to(memory_format=torch.contiguous_format)
-    metadata = {"class_names": str(classifier.class_names), "temperature": str(classifier.temperature)}
+    metadata = {"class_names": json.dumps(classifier.class_names), "temperature": str(classifier.temperature)}
     with tempfile.TemporaryDirectory(prefix="transfer-int8-") as tmp:
         fp32, int8 = Path(tmp, "fp32.onnx"), Path(tmp, "int8.onnx")
         write_onnx(model, torch.randn(2, *dc["input_size"]), fp32, metadata, ("logits",))
