@@ -18,9 +18,9 @@ from transfer.cli import main
 DIGITS = {"source": "builtin:digits", "image_size": 32, "max_per_class": 60, "num_workers": 0, "batch_size": 32}
 
 
-def _recipe(workdir, **model) -> dict:
+def _recipe(workdir, per_class: int = 60, **model) -> dict:
     return {
-        "data": DIGITS,
+        "data": {**DIGITS, "max_per_class": per_class},
         "model": model,
         "strategy": {"name": "linear_probe"},
         "trainer": {"max_epochs": 8, "enable_progress_bar": False, "accelerator": "cpu"},
@@ -45,6 +45,7 @@ def test_pretrained_weights_rank_above_random_ones(workdir, capsys):
     assert [r.data.params["choice"] for r in runs] == ["mobilenetv2_100 (mobilenet_v2-b0353104.pth)"]
 
 
+@pytest.mark.timeout(1800)  # a LeNet pretrained on MNIST, three candidates measured, three fits
 def test_top_choice_fine_tuned_is_within_2_points_of_the_best(workdir):
     from transfer.recipe import load_recipe
     from transfer.recommend import Candidate, recommend, table
@@ -57,10 +58,10 @@ def test_top_choice_fine_tuned_is_within_2_points_of_the_best(workdir):
         Candidate("mobilenetv2_100", False),
         Candidate("lenet5", lenet),
     ]
-    rec = recommend(load_recipe(_recipe(workdir, backbone="mobilenetv2_100")), candidates)
+    rec = recommend(load_recipe(_recipe(workdir, 40, backbone="mobilenetv2_100")), candidates)
     accs = {}
     for c in candidates:
-        result = fit(_recipe(workdir, backbone=c.backbone, pretrained=c.pretrained))
+        result = fit(_recipe(workdir, 40, backbone=c.backbone, pretrained=c.pretrained))
         accs[c.label] = result.metrics["val_acc"]
     print(table(rec), "\nfine-tuned with the same recipe (linear probe, 8 epochs):", accs)
     assert accs[rec.best.candidate.label] >= max(accs.values()) - 0.02

@@ -37,6 +37,16 @@ def _counts(samples: list[tuple[str, int]], classes: list[str]) -> dict[str, int
     return {name: c[i] for i, name in enumerate(classes)}
 
 
+def fit_features(job: Any) -> dict[str, dict[str, torch.Tensor]]:
+    """The frozen features of the job's train and val splits: those the fit already computed when they hold the
+    pre-logits (a linear or a stage probe's; the cache's last key), else the linear probe's through the cache."""
+    key = job.cache.last_key
+    cached = job.cache.load(key) if key else None
+    if cached and all("pre_logits" in cached.get(split, {}) for split in ("train", "val")):
+        return cached
+    return job.features(per_stage=False)
+
+
 def audit(job: Any, *, curves: bool = True) -> AuditReport:
     """Audit the data of a prepared fit (see the module docstring).
 
@@ -50,7 +60,7 @@ def audit(job: Any, *, curves: bool = True) -> AuditReport:
     from transfer.reports import wilson_interval
 
     index, seed, classes = job.index, job.recipe.seed, job.index.classes
-    feats = job.features(per_stage=False)
+    feats = fit_features(job)
     job.events.phase("audit", AUDIT_TEXT)
     facts = scan_files([(p, lab, "train") for p, lab in index.train] + [(p, lab, "val") for p, lab in index.val])
     x = torch.cat([feats["train"]["pre_logits"], feats["val"]["pre_logits"]]).float()

@@ -25,6 +25,7 @@ _log = logging.getLogger(__name__)
 FRACTIONS = (0.1, 0.2, 0.35, 0.5, 0.75, 1.0)
 REPEATS = 3
 STARVED_GAIN = 0.02  # a class whose forecast gains at least this much at twice the data is data-starved
+CLASS_CURVE_MIN_VAL = 10  # a class's own curve needs this many validation images to say anything
 
 
 def power_law(n: np.ndarray, a: float, b: float, c: float) -> np.ndarray:
@@ -93,14 +94,17 @@ def measure(
             rows = _subset(train_y, fraction, rng)
             pred = fit_probe(train_x[rows], train_y[rows], k)(val_x).argmax(1).numpy()
             scores.append(float((pred == val_y).mean()))
-            class_scores += [float((pred[val_y == c] == c).mean()) if (val_y == c).any() else np.nan for c in range(k)]
+            class_scores += [
+                float((pred[val_y == c] == c).mean()) if (val_y == c).sum() >= CLASS_CURVE_MIN_VAL else np.nan
+                for c in range(k)
+            ]
             n = len(rows)
         sizes.append(n)
         acc.append(float(np.mean(scores)))
         per_class[f_i] = class_scores / (repeats if fraction < 1.0 else 1)
-    curve = LearningCurve(
-        sizes, [round(a, 4) for a in acc], {c: np.round(per_class[:, i], 4).tolist() for i, c in enumerate(classes)}
-    )
+    measured = [i for i in range(k) if np.isfinite(per_class[:, i]).all()]  # classes with enough val images
+    by_class = {classes[i]: np.round(per_class[:, i], 4).tolist() for i in measured}
+    curve = LearningCurve(sizes, [round(a, 4) for a in acc], by_class)
     curve.forecast = forecast(curve, 2 * sizes[-1])
     return curve
 
@@ -120,6 +124,7 @@ def forecast(curve: LearningCurve, n: int) -> dict[str, Any]:
     starved = sorted((c for c, g in gains.items() if g >= STARVED_GAIN), key=lambda c: -gains[c])
     return {
         "forecast_size": int(n),
+        "fitted_accuracy": round(float(np.clip(now, 0.0, 1.0)), 4),
         "forecast_accuracy": round(float(np.clip(then, 0.0, 1.0)), 4),
         "forecast_gain": round(float(then - now), 4),
         "class_gain": gains,

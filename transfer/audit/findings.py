@@ -141,8 +141,9 @@ def verdicts(r: AuditReport) -> list[str]:
     if curve.get("forecast_accuracy") is not None:
         starved = curve.get("data_starved") or []
         out.append(
-            f"more data: twice the images ({curve['forecast_size']}) would bring the linear probe from "
-            f"{curve['accuracy'][-1]:.1%} to about {curve['forecast_accuracy']:.1%}"
+            f"more data: twice the images ({curve['forecast_size']}) would bring the linear probe from about "
+            f"{curve['fitted_accuracy']:.1%} to about {curve['forecast_accuracy']:.1%} (the power law fitted to "
+            "its learning curve)"
             + (f"; most gain from more images of {', '.join(map(repr, starved[:5]))}" if starved else "")
         )
     return out

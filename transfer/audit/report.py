@@ -127,14 +127,21 @@ def _html(r: AuditReport, path: Path) -> None:
     path.write_text("\n".join(out), encoding="utf-8")
 
 
-def _curve_uri(r: AuditReport) -> str:
+def curve_png(r: AuditReport) -> bytes | None:
+    """The learning curve with its forecast as a PNG, or None when the audit measured none."""
     from transfer.audit.curves import LearningCurve, plot
 
     c = r.learning_curve
+    if not c.get("sizes"):
+        return None
     buf = io.BytesIO()
     point = {k: c[k] for k in ("forecast_size", "forecast_accuracy")}
     plot(LearningCurve(c["sizes"], c["accuracy"], c["per_class"], point), buf)
-    return _data_uri(buf.getvalue())
+    return buf.getvalue()
+
+
+def _curve_uri(r: AuditReport) -> str:
+    return _data_uri(curve_png(r))
 
 
 def _markdown(r: AuditReport, path: Path) -> None:
