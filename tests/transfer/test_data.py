@@ -157,7 +157,7 @@ def test_missing_source(tmp_path):
     with pytest.raises(UserError, match="does not exist"):
         build_index(str(tmp_path / "nowhere"), cache_dir=str(tmp_path / "c"))
     with pytest.raises(UserError, match="unknown builtin dataset"):
-        build_index("builtin:mnist", cache_dir=str(tmp_path / "c"))
+        build_index("builtin:nope", cache_dir=str(tmp_path / "c"))
 
 
 def test_decompression_bomb_is_refused_per_file(tmp_path, caplog):

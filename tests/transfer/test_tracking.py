@@ -66,12 +66,15 @@ def test_one_rule_resolves_the_uri(workdir, monkeypatch, explicit, env, expected
 
 
 def test_fit_predict_register_deploy_and_try_leave_mlflow_and_the_environment_as_they_were(workdir, tmp_path):
-    from app.evaluate import classify_deployed, deploy
-    from app.session import Session
+    import yaml
+
+    from app.evaluate import classify, deploy
+    from app.runs import RunFolder
 
     before = _process_state()
     recipe = write_recipe(workdir, data={"max_per_class": 6}, strategy={"name": "linear_probe"})
-    result = fit(recipe)
+    run = RunFolder.create(tmp_path / "page-runs", yaml.safe_load(recipe.read_text()), {})
+    result = fit(str(run.recipe_path))
     assert _process_state() == before
     store = TrackingStore(f"sqlite:///{workdir}/mlflow.db")
     images = sorted(Path(p) for p in digits_folder(tmp_path / "digits", (0, 1), 2).rglob("*.png"))
@@ -79,9 +82,7 @@ def test_fit_predict_register_deploy_and_try_leave_mlflow_and_the_environment_as
     assert _process_state() == before
     register(store, result.model_uri, "by-hand")
     assert _process_state() == before
-    session = Session.create(tmp_path / "app", "visitor", store.uri)
-    session.result = {"run_id": result.run_id, "model_uri": result.model_uri}
-    deploy(session, "from-the-page", "champion")
-    scores, _ = classify_deployed(session, str(images[0]), "from-the-page", "champion")
+    deploy(run, store, "from-the-page", "champion", owner="visitor", if_better=False)
+    scores, _ = classify(store, "visitor", str(images[0]), "from-the-page@champion")
     assert len(scores) == 10
     assert _process_state() == before
