@@ -266,6 +266,14 @@ def other_domain_photos() -> dict[str, list[bytes]]:
     return {"photos": photos, "faces": faces}
 
 
+def session_dir(tmp_path_factory) -> Path:
+    """A folder every xdist worker of this test session sees (the session's base temp folder)."""
+    import os
+
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
 def shared_fit(tmp_path_factory, key: str, **sections: dict) -> dict:
     """Fit a recipe once per test session, whatever the number of xdist workers: the first worker fits (under a
     file lock) into a folder every worker sees, the others read its result. The recipe is :func:`write_recipe`'s
@@ -276,12 +284,10 @@ def shared_fit(tmp_path_factory, key: str, **sections: dict) -> dict:
     """
     import contextlib
     import json
-    import os
 
     from filelock import FileLock
 
-    base = tmp_path_factory.getbasetemp()
-    root = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / f"shared-fit-{key}"
+    root = session_dir(tmp_path_factory) / f"shared-fit-{key}"
     root.mkdir(parents=True, exist_ok=True)
     done = root / "result.json"
     with FileLock(str(root) + ".lock"):
@@ -291,7 +297,7 @@ def shared_fit(tmp_path_factory, key: str, **sections: dict) -> dict:
             uri = f"sqlite:///{root / 'mlflow.db'}"
             trainer = {"default_root_dir": str(root / "runs"), **sections.pop("trainer", {})}
             tracking = {"uri": uri, **sections.pop("tracking", {})}
-            data = {"cache_dir": str(root / "cache"), **sections.pop("data", {})}
+            data = {"cache_dir": str(root.parent / "shared-fit-cache"), **sections.pop("data", {})}
             recipe = write_recipe(root, data=data, trainer=trainer, tracking=tracking, **sections)
             with contextlib.chdir(root):  # MLflow's default artifact folder (./mlruns) goes there too
                 r = fit(str(recipe))
@@ -304,32 +310,52 @@ def shared_fit(tmp_path_factory, key: str, **sections: dict) -> dict:
 DIGITS_TRAIN_PER_CLASS = 120  # digits 0..119 of each class train and validate; the rest are fresh in-domain images
 
 
+def _digits_data(tmp_path_factory) -> Path:
+    """Digits 0..119 of each class as class folders, in one place per session (fits on them share features)."""
+    from filelock import FileLock
+
+    root = session_dir(tmp_path_factory) / "digits-trust-data"
+    with FileLock(str(root) + ".lock"):
+        if not root.is_dir():
+            write_class_folders(root, digit_images(0, DIGITS_TRAIN_PER_CLASS), [str(i) for i in range(10)])
+    return root
+
+
 def digits_model(tmp_path_factory) -> dict:
     """A digits classifier registered as ``digits-trust@champion`` (MobileNetV2 with the real ImageNet weights, a
-    linear probe fitted quickly, 32 px, half the images held out, int8 ONNX Runtime), fitted once per session
+    linear probe, 32 px, half the images held out, int8 ONNX Runtime), fitted once per session
     (:func:`shared_fit`)."""
-    root = tmp_path_factory.getbasetemp()
-    data = write_class_folders(
-        root / "digits-trust-data", digit_images(0, DIGITS_TRAIN_PER_CLASS), [str(i) for i in range(10)]
-    )
     return shared_fit(
         tmp_path_factory,
         "digits-trust",
-        data={"source": str(data), "image_size": 32, "batch_size": 32, "val_split": 0.5},
+        data={"source": str(_digits_data(tmp_path_factory)), "image_size": 32, "batch_size": 32, "val_split": 0.5},
         strategy={"name": "linear_probe"},
-        # A quick fit (4 epochs at a low rate, no warmup) leaves the probabilities underconfident.
-        optim={"lr": 1.0e-4, "warmup_epochs": 0},
-        trainer={"max_epochs": 4},
+        trainer={"max_epochs": 10},
         tracking={"register_as": "digits-trust"},
         deploy={"int8": True},
+    )
+
+
+def digits_quick_model(tmp_path_factory) -> dict:
+    """The same digits and backbone fitted quickly (4 epochs at a tenth of the rate, no warmup): its probabilities
+    are underconfident, as a quick fit's are. Registered as ``digits-quick@champion`` (PyTorch, no detector)."""
+    return shared_fit(
+        tmp_path_factory,
+        "digits-quick",
+        data={"source": str(_digits_data(tmp_path_factory)), "image_size": 32, "batch_size": 32, "val_split": 0.5},
+        strategy={"name": "linear_probe"},
+        optim={"lr": 1.0e-4, "warmup_epochs": 0},
+        trainer={"max_epochs": 4},
+        tracking={"register_as": "digits-quick"},
+        deploy={"runtime": "torch", "ood": "off"},
     )
 
 
 def textures_model(tmp_path_factory) -> dict:
     """A texture classifier (brick, grass, gravel crops from the top half of scikit-image's photos) registered as
     ``textures@champion``, fp32 ONNX Runtime, fitted once per session (:func:`shared_fit`)."""
-    root = tmp_path_factory.getbasetemp()
-    data = write_class_folders(root / "textures-data", texture_crops("top", 100), list(_TEXTURES))
+    base = tmp_path_factory.getbasetemp()
+    data = write_class_folders(base / "textures-data", texture_crops("top", 100), list(_TEXTURES))
     return shared_fit(
         tmp_path_factory,
         "textures",

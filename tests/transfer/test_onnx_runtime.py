@@ -75,6 +75,7 @@ def test_onnx_runtime_and_pytorch_agree(fitted: dict, val_images: tuple) -> None
 def test_int8_loses_at_most_one_point(fitted: dict, val_images: tuple) -> None:
     images, names = val_images
     int8, torch_ = _load(fitted), _load(fitted, runtime="torch")
+    assert classifier_of(int8).precision == "int8"  # else this compares fp32 with PyTorch
     acc8 = (_predict(int8, images)["label"].to_numpy() == names).mean()
     acc32 = (_predict(torch_, images)["label"].to_numpy() == names).mean()
     assert acc32 > 0.8 and acc8 >= acc32 - 0.01, (acc8, acc32)

@@ -35,7 +35,7 @@ import numpy as np
 from transfer.deploy.calibration import calibrate, diagram
 from transfer.deploy.model_format import ServingNet, feature_key
 from transfer.deploy.ood import fit_unknown
-from transfer.deploy.runtime import INT8_CALIBRATION_IMAGES, Batches, TorchEngine, choose_runtime, run_all
+from transfer.deploy.runtime import Batches, TorchEngine, choose_runtime, int8_calibration_images, run_all
 
 _log = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ def _calibration_sample(job: Any) -> list[Any]:
     """A seeded random sample of training images for int8 calibration (every class, not the first few)."""
     train = list(job.index.train)
     rng = np.random.default_rng(job.recipe.seed)
-    keep = rng.permutation(len(train))[:INT8_CALIBRATION_IMAGES]
+    keep = rng.permutation(len(train))[: int8_calibration_images(job.data_config["input_size"])]
     return [train[i] for i in sorted(keep)]
 
 

@@ -3,7 +3,7 @@
 A model fitted with ``deploy.int8: true`` already carries its int8 graph (calibrated on its training images and
 checked on its validation images when it was logged, :mod:`transfer.deploy.runtime`): that file is written (its
 outputs are the logits and the penultimate features). Any other model is quantised here: its network is exported
-(logits out), its activation ranges calibrated on up to :data:`~transfer.deploy.runtime.INT8_CALIBRATION_IMAGES`
+(logits out), its activation ranges calibrated on up to :func:`~transfer.deploy.runtime.int8_calibration_images`
 of its run's training images (the run's ``recipe.yaml`` says where they are; a seeded random sample), and the
 accuracy of the fp32 and int8 graphs measured on the run's validation images and logged to the run
 (``export_fp32_val_acc``, ``export_int8_val_acc``, ``export_int8_acc_change``).
@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from transfer import imaging
-from transfer.deploy.runtime import INT8_CALIBRATION_IMAGES, quantize_int8, write_onnx
+from transfer.deploy.runtime import int8_calibration_images, quantize_int8, write_onnx
 from transfer.errors import UserError
 from transfer.tracking import TrackingStore, one_line
 
@@ -107,7 +107,8 @@ def export_int8(pyfunc: Any, classifier: Any, dest: Path, store: TrackingStore) 
     index = _run_index(store, run_id)
     dc = classifier.data_config
     rng = np.random.default_rng(0)
-    train = [index.train[i] for i in sorted(rng.permutation(len(index.train))[:INT8_CALIBRATION_IMAGES])]
+    keep = rng.permutation(len(index.train))[: int8_calibration_images(dc["input_size"])]
+    train = [index.train[i] for i in sorted(keep)]
     model = classifier.model.cpu().eval().to(memory_format=torch.contiguous_format)
     metadata = {"class_names": json.dumps(classifier.class_names), "temperature": str(classifier.temperature)}
     with tempfile.TemporaryDirectory(prefix="transfer-int8-") as tmp:
