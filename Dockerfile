@@ -1,5 +1,6 @@
 # The workbench image: `docker run IMAGE fit recipes/quickstart.yaml`, or the web page with
-# `docker run -p 7860:7860 IMAGE app --host 0.0.0.0`. With the `server` extra (psycopg2) the same image also runs a
+# `docker run -p 7860:7860 IMAGE app --host 0.0.0.0 --auth user:password` (beyond loopback the page needs --auth, or
+# --no-auth on a private network). With the `server` extra (psycopg2) the same image also runs a
 # shared tracking server on PostgreSQL: `docker run --entrypoint mlflow IMAGE server --backend-store-uri ...`.
 FROM python:3.11-slim
 

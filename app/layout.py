@@ -96,6 +96,7 @@ def train_tab() -> dict[str, Any]:
         with gr.Row():
             train_btn = gr.Button("Train", variant="primary", elem_id="train", interactive=False)
             cancel_btn = gr.Button("Cancel", variant="stop", elem_id="cancel", interactive=False)
+            resume_btn = gr.Button("Resume", elem_id="resume", interactive=False)
         progress = gr.HTML(elem_id="train-progress")
         with gr.Row():
             loss_plot = gr.HTML(elem_id="loss-chart")

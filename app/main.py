@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -30,13 +31,12 @@ import gradio as gr
 from app import layout
 from app.layout import STRATEGY_HELP
 from app.limits import Limits
-from app.page import Page, sweep_handoff
-from transfer.errors import UserError
-from transfer.tracking import TrackingStore
+from app.page import Page, handoff_dir, sweep_handoff
+from app.visitors import check_exposure, credentials_of
+from transfer.tracking import TrackingStore, quiet_mlflow
 
 _log = logging.getLogger(__name__)
 
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
 STORAGE_KEY = "transfer-workbench-visitor"
 TICK_S = 1.0
 
@@ -74,6 +74,7 @@ def _run_outputs(ui: Any) -> list[Any]:
         ui.export_btn,
         ui.recipe_file,
         ui.train_btn,
+        ui.resume_btn,
     ]
 
 
@@ -118,6 +119,7 @@ def _wire(ui: Any, page: Page, demo: gr.Blocks) -> None:
     ui.train_btn.click(page.on_train, [ui.state, *settings], train_outputs, api_name="train")
     ui.timer.tick(page.on_tick, ui.state, runs, concurrency_limit=None, **hidden)
     ui.cancel_btn.click(page.on_cancel, ui.state, runs, api_name="cancel")
+    ui.resume_btn.click(page.on_resume, ui.state, runs, api_name="resume")
     ui.open_btn.click(page.on_open_run, [ui.run_pick, ui.state], runs, api_name="open_run")
     ui.watch_btn.click(page.on_watch, ui.state, [ui.api_progress, ui.run_md], api_name="watch")
     ui.finished_run.change(page.on_evaluate, ui.state, [*eval_outputs, ui.card_md], api_name="evaluate")
@@ -146,7 +148,8 @@ def build_page(
     store = TrackingStore(tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{base / 'mlflow.db'}")
     # Create (or migrate) the store once, now: runs started by two visitors at once would otherwise race to
     # create the same SQLite schema.
-    store.check().client.search_experiments(max_results=1)
+    with quiet_mlflow():
+        store.check().client.search_experiments(max_results=1)
     page = Page(base, store, limits, mlflow_ui or os.environ.get("TRANSFER_MLFLOW_UI"))
     secret = page.tokens.derived("browser-state")  # stable across restarts: a reload after one keeps the visitor
     with gr.Blocks(title="Transfer workbench", delete_cache=limits.delete_cache) as demo:
@@ -171,31 +174,14 @@ def build_app(
     return build_page(base, tracking_uri, mlflow_ui, limits)[0]
 
 
-def check_exposure(host: str, share: bool, auth: str | None, no_auth: bool) -> None:
-    """Refuse to serve beyond loopback without a password, unless told the network is private.
-
-    Raises:
-        UserError: one line saying why, and what to pass.
-    """
-    if auth and no_auth:
-        raise UserError("--auth and --no-auth contradict each other; give one of them")
-    exposed = share or not (host in LOOPBACK or host.startswith("127."))
-    if exposed and not auth and not no_auth:
-        where = "a public share link" if share else f"{host}"
-        raise UserError(
-            f"refusing to serve on {where} without --auth: anyone who can reach it could upload data, run trainings "
-            "and deploy models; pass --auth user:password (or set TRANSFER_APP_AUTH), or --no-auth if only trusted "
-            "people can reach this network"
-        )
-
-
-def _credentials(auth: str | None) -> tuple[str, str] | None:
-    if not auth:
-        return None
-    user, sep, password = auth.partition(":")
-    if not sep or not user or not password:
-        raise UserError("--auth must be user:password")
-    return user, password
+def _where(host: str, port: int, share_url: str | None, credentials: tuple[str, str] | None) -> str:
+    """The page's address, as a person types it."""
+    url = f"http://{'127.0.0.1' if host == 'localhost' else host}:{port}/"
+    if host in ("0.0.0.0", "::"):
+        url += f" (all interfaces; on this machine http://127.0.0.1:{port}/)"
+    if share_url:
+        url += f" and {share_url}"
+    return url + (", password required" if credentials else "")
 
 
 def launch(
@@ -223,14 +209,15 @@ def launch(
     """
     auth = auth or os.environ.get("TRANSFER_APP_AUTH")
     check_exposure(host, share, auth, no_auth)
-    credentials = _credentials(auth)
+    credentials = credentials_of(auth)
     base = Path(base or os.environ.get("TRANSFER_APP_DIR", "app-data"))
     os.environ.setdefault("GRADIO_TEMP_DIR", str((base / "gradio-tmp").resolve()))
     limits = limits or Limits.from_settings()
     logging.getLogger("httpx").setLevel(logging.WARNING)  # Gradio's own startup requests are not news
     demo, page = build_page(base, limits=limits)
-    sessions = page.base / "sessions"
-    page.supervisor.start_sweeping(page.presence.gone_for, sessions, also=lambda: sweep_handoff(limits.cache_ttl_s))
+    handoff = handoff_dir(page.base)
+    sweep_also = lambda: sweep_handoff(handoff, limits.cache_ttl_s)  # noqa: E731
+    page.supervisor.start_sweeping(page.presence.gone_for, page.base / "sessions", also=sweep_also)
     demo.queue(default_concurrency_limit=8).launch(
         server_name=host,
         server_port=port,
@@ -242,7 +229,7 @@ def launch(
         css=layout.CSS,
         footer_links=["api", "gradio", "settings", "runs"],
     )
-    print(f"transfer app: serving on {demo.share_url or demo.local_url}", flush=True)
+    print(f"transfer app: serving on {_where(host, demo.server_port, demo.share_url, credentials)}", flush=True)
     try:
         demo.block_thread()
     except KeyboardInterrupt:
@@ -250,5 +237,5 @@ def launch(
     finally:
         page.supervisor.close()
         page.supervisor.stop_all()
-        sweep_handoff(0)
+        shutil.rmtree(handoff, ignore_errors=True)
         demo.close()

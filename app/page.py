@@ -28,22 +28,28 @@ from app.supervisor import Supervisor
 from app.views import curves_html, message_html, progress_html, progress_words, thumb_grid
 from app.visitors import Presence, Tokens, Visitor
 from transfer.errors import UserError
-from transfer.rundir import RUNNING
+from transfer.rundir import RESUMABLE, RUNNING
 from transfer.tracking import TrackingStore
 
 _log = logging.getLogger(__name__)
 
-HANDOFF = Path(tempfile.gettempdir()) / "transfer-app-handoff"
+
+def handoff_dir(base: Path) -> Path:
+    """Where a page hands files to Gradio: the system's temporary folder (Gradio takes files from there and serves
+    its own copy, so no work-folder path is ever handed out), one folder per data folder."""
+    import hashlib
+
+    return Path(tempfile.gettempdir()) / f"transfer-app-{hashlib.sha256(str(base).encode()).hexdigest()[:12]}"
 
 
-def sweep_handoff(max_age_s: float) -> None:
-    """Delete downloads handed to Gradio more than ``max_age_s`` ago."""
+def sweep_handoff(folder: Path, max_age_s: float) -> None:
+    """Delete the files handed to Gradio from ``folder`` more than ``max_age_s`` ago."""
     import time
 
     cutoff = time.time() - max_age_s
-    for folder in HANDOFF.iterdir() if HANDOFF.is_dir() else ():
-        if folder.stat().st_mtime < cutoff:
-            shutil.rmtree(folder, ignore_errors=True)
+    for sub in folder.iterdir() if folder.is_dir() else ():
+        if sub.stat().st_mtime < cutoff:
+            shutil.rmtree(sub, ignore_errors=True)
 
 
 @dataclass
@@ -310,6 +316,23 @@ class Page:
         text = progress_words(run.events())[0] if alive else status
         return text, self._run_md(run, status)
 
+    def on_resume(self, st, request: gr.Request) -> dict:
+        """Continue the current run, stopped before it finished, from its last checkpoint (same MLflow run)."""
+        conn = self.conn(st, request)
+        s = self.session(conn)
+        run = s.current_run
+        try:
+            if run is None or not self._resumable(run):
+                raise UserError("nothing to resume: the current run has no interrupted training with a checkpoint")
+            self.supervisor.start(conn.visitor.owner, run, resume=True)
+        except UserError as exc:
+            return {self.ui.progress: message_html(self._words(exc))}
+        return self._run_outputs(conn, s, full=True)
+
+    def _resumable(self, run: RunFolder) -> bool:
+        alive = self.supervisor.alive(run)
+        return not alive and run.status(alive) in RESUMABLE and run.fit_dir.last_ckpt.is_file()
+
     def on_cancel(self, st, request: gr.Request) -> dict:
         conn = self.conn(st, request)
         s = self.session(conn)
@@ -351,6 +374,8 @@ class Page:
         conn.sent["status"] = status
         if changed:
             out |= self._runs_table(s) | self._ended_outputs(conn, s, run, status)
+        if full:
+            out[ui.recipe_file] = self._handoff(run.recipe_path)
         return out
 
     def _ended_outputs(self, conn: Conn, s: Session, run: RunFolder, status: str) -> dict:
@@ -361,7 +386,7 @@ class Page:
             ui.finished_run: run.name if done else gr.skip(),  # its change evaluates the run (cached after once)
             ui.deploy_btn: gr.update(interactive=done),
             ui.export_btn: gr.update(interactive=done),
-            ui.recipe_file: self._handoff(run.recipe_path),
+            ui.resume_btn: gr.update(interactive=self._resumable(run)),
             ui.train_btn: gr.update(interactive=s.dataset is not None and not self._busy(conn)),
         }
 
@@ -391,18 +416,16 @@ class Page:
         return {self.ui.runs_table: rows, self.ui.run_pick: pick, self.ui.open_btn: gr.update(interactive=bool(names))}
 
     def _handoff(self, path: Path) -> str | None:
-        """A copy of a file the visitor may download, in the system's temporary folder, where Gradio takes files
-        from (it serves its own copy; the work folder's path is never handed out). Swept after a day."""
+        """A copy of a file the visitor may download, where Gradio takes it from (:func:`handoff_dir`)."""
         if not path.is_file():
             return None
-        HANDOFF.mkdir(exist_ok=True)
-        folder = Path(tempfile.mkdtemp(prefix="h-", dir=HANDOFF))
+        root = handoff_dir(self.base)
+        root.mkdir(exist_ok=True)
+        folder = Path(tempfile.mkdtemp(prefix="h-", dir=root))
         return str(shutil.copy(path, folder / path.name))
 
     # -- evaluate, deploy, export, try ---------------------------------------------------------------------------
     def on_evaluate(self, st, request: gr.Request) -> dict:
-        from PIL import Image
-
         conn = self.conn(st, request)
         s = self.session(conn)
         ui, run = self.ui, s.current_run
@@ -417,8 +440,8 @@ class Page:
         return {
             ui.state: conn,
             ui.eval_md: e.summary,
-            ui.confusion: Image.open(e.confusion) if e.confusion else None,
-            ui.reliability: gr.update(value=Image.open(e.reliability), visible=True) if e.reliability else None,
+            ui.confusion: ev.open_image(e.confusion) if e.confusion else None,
+            ui.reliability: gr.update(value=ev.open_image(e.reliability), visible=True) if e.reliability else None,
             ui.per_class: e.per_class,
             ui.mistakes: thumb_grid(thumbs, "No mistakes on the validation images."),
             ui.deploy_for: f"Deploying run `{run.name}` — {e.summary.splitlines()[0]}",

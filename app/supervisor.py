@@ -64,17 +64,19 @@ class Supervisor:
         self._stop = threading.Event()
 
     # -- starting ----------------------------------------------------------------------------------------------
-    def start(self, owner: str, run: RunFolder) -> None:
-        """Start ``run``'s fit for ``owner``.
+    def start(self, owner: str, run: RunFolder, resume: bool = False) -> None:
+        """Start ``run``'s fit for ``owner`` (``resume``: continue its interrupted fit from its last checkpoint).
 
         Raises:
             UserError: the visitor or the server is already running as many trainings as the limits allow.
         """
         with self._lock:
             self._check_capacity(owner)
-            log = open(run.log_path, "wb")  # noqa: SIM115 - closed by the reaper when the process ends
+            if resume:
+                run.note_update(cancel_requested=None, returncode=None, resumed=time.time())
+            log = open(run.log_path, "ab" if resume else "wb")  # noqa: SIM115 - closed by the reaper at the end
             proc = subprocess.Popen(
-                [*self.command, str(run.recipe_path)],
+                [*self.command, str(run.recipe_path), *(["--resume"] if resume else [])],
                 cwd=run.path,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
                 stdin=subprocess.DEVNULL,

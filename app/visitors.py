@@ -8,6 +8,9 @@ out with a secret kept in its data folder: a client can only present a token thi
 
 :class:`Presence` remembers when each visitor was last seen and which pages they have open, so a training whose
 visitor has gone for good can be stopped (:mod:`app.supervisor`).
+
+:func:`check_exposure` decides who may reach the page at all: beyond loopback only with a password (``--auth``), or
+with an explicit ``--no-auth``.
 """
 
 from __future__ import annotations
@@ -21,7 +24,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from transfer.errors import UserError
+
 _SECRET_FILE = ".visitor-secret"
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 @dataclass(frozen=True)
@@ -122,3 +128,35 @@ class Presence:
                 return 0.0
             last = self._seen.get(owner)
         return float("inf") if last is None else (now or time.time()) - last
+
+
+def check_exposure(host: str, share: bool, auth: str | None, no_auth: bool) -> None:
+    """Refuse to serve beyond loopback without a password, unless told the network is private.
+
+    Raises:
+        UserError: one line saying why, and what to pass.
+    """
+    if auth and no_auth:
+        raise UserError("--auth and --no-auth contradict each other; give one of them")
+    exposed = share or not (host in LOOPBACK or host.startswith("127."))
+    if exposed and not auth and not no_auth:
+        where = "a public share link" if share else f"{host}"
+        raise UserError(
+            f"refusing to serve on {where} without --auth: anyone who can reach it could upload data, run trainings "
+            "and deploy models; pass --auth user:password (or set TRANSFER_APP_AUTH), or --no-auth if only trusted "
+            "people can reach this network"
+        )
+
+
+def credentials_of(auth: str | None) -> tuple[str, str] | None:
+    """``user:password`` as Gradio's ``auth`` pair (None without auth).
+
+    Raises:
+        UserError: not of the form user:password.
+    """
+    if not auth:
+        return None
+    user, sep, password = auth.partition(":")
+    if not sep or not user or not password:
+        raise UserError("--auth must be user:password")
+    return user, password

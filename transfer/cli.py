@@ -184,12 +184,17 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _app(args: argparse.Namespace) -> int:
+    import os
     import signal
 
     from app.limits import Limits
+    from app.visitors import check_exposure
+
+    # Bad limits and an exposed host without auth: exit 2 at once, before Gradio and MLflow are even imported.
+    limits = Limits.from_settings(args.limit)
+    check_exposure(args.host, args.share, args.auth or os.environ.get("TRANSFER_APP_AUTH"), args.no_auth)
     from app.main import launch
 
-    limits = Limits.from_settings(args.limit)  # bad limits and an exposed host without auth: exit 2 before serving
     # A service manager's SIGTERM stops the page as Ctrl+C does: its trainings are cancelled and stay resumable.
     signal.signal(signal.SIGTERM, _terminate_as_interrupt)
     launch(

@@ -54,7 +54,9 @@ def _wait_for(url: str, proc: subprocess.Popen, log: Path) -> None:
     while time.monotonic() < deadline:
         try:
             urllib.request.urlopen(url, timeout=2)
-            return
+            if "transfer app: serving on" in log.read_text(errors="replace"):  # it says so once it has started
+                return
+            time.sleep(0.2)
         except OSError:
             if proc.poll() is not None:
                 raise RuntimeError(log.read_text()[-3000:]) from None
