@@ -218,3 +218,37 @@ def test_warn_logs_the_findings_and_trains(workdir):
     assert {"audit/report.html", "audit/audit.json"} <= names
     run = client.get_run(result.run_id)
     assert run.info.status == "FINISHED" and run.data.metrics["audit_leaks"] == 12 and "val_acc" in result.metrics
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Class sizes and pictures (no model needed)
+
+
+@pytest.mark.parametrize(
+    ("train", "expected"),
+    [
+        ({"a": 8, "b": 8, "c": 8}, ["few images: every class has fewer than 20 training images"]),
+        ({"a": 60, "b": 60, "c": 60}, []),
+        ({"a": 60, "b": 60, "c": 25}, ["imbalance: 'c' (25) have under half the training images of 'a' (60)"]),
+    ],
+    ids=["small-balanced", "balanced", "imbalanced"],
+)
+def test_class_size_verdicts_name_the_real_problem(train, expected):
+    from transfer.audit.findings import AuditReport, verdicts
+
+    report = AuditReport("src", "b", classes=train, split_counts={"train": train, "val": {}})
+    lines = verdicts(report)
+    assert len(lines) == len(expected) and all(line.startswith(e) for line, e in zip(lines, expected))
+    assert report.exit_code == (1 if expected else 0)
+
+
+def test_scan_finds_tiny_and_elongated_pictures(tmp_path):
+    from PIL import Image
+
+    from transfer.audit.scan import scan_files
+
+    sizes = {"tiny.png": (20, 20), "strip.png": (400, 40), "fine.png": (64, 48)}
+    for name, size in sizes.items():
+        Image.new("RGB", size, (120, 60, 30)).save(tmp_path / name)
+    facts = scan_files([(str(tmp_path / n), 0, "train") for n in sizes])
+    assert [(f.problem or "").split(":")[0] for f in facts] == ["tiny", "extreme aspect ratio", ""]

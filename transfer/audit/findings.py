@@ -55,11 +55,22 @@ class AuditReport:
     verdicts: list[str] = field(default_factory=list)
 
     @property
-    def small_classes(self) -> list[str]:
-        """Classes with too few training images, absolutely or against the largest class."""
+    def few_classes(self) -> list[str]:
+        """Classes with fewer than :data:`SMALL_CLASS` training images (too few to learn, or to measure)."""
+        return [c for c, n in self.split_counts.get("train", {}).items() if n < SMALL_CLASS]
+
+    @property
+    def minority_classes(self) -> list[str]:
+        """Classes with under :data:`IMBALANCE` times the training images of the largest (balanced data has none)."""
         train = self.split_counts.get("train", {})
         largest = max(train.values(), default=0)
-        return [c for c, n in train.items() if n < SMALL_CLASS or n < IMBALANCE * largest]
+        return [c for c, n in train.items() if n < IMBALANCE * largest]
+
+    @property
+    def small_classes(self) -> list[str]:
+        """Classes with too few training images, absolutely or against the largest class."""
+        minority = set(self.minority_classes)
+        return [c for c in self.split_counts.get("train", {}) if c in minority or c in self.few_classes]
 
     @property
     def clean(self) -> bool:
@@ -105,6 +116,27 @@ def _extra_copies(groups: list[dict[str, Any]]) -> int:
     return sum(len(g["paths"]) - 1 for g in groups)
 
 
+def _class_size_verdicts(r: AuditReport) -> list[str]:
+    """At most two lines: classes with too few images, and classes outnumbered by the largest (never on balanced
+    data, where every class is the largest)."""
+    train = r.split_counts.get("train", {})
+    out = []
+    if r.few_classes:
+        sizes = [f"{c!r} ({train[c]})" for c in r.few_classes]
+        which = "every class has" if len(r.few_classes) == len(train) else f"{len(sizes)} classes have"
+        out.append(
+            f"few images: {which} fewer than {SMALL_CLASS} training images ({_names(sizes)}): add images to them"
+        )
+    if r.minority_classes:
+        big = max(train, key=lambda c: train[c])
+        sizes = [f"{c!r} ({train[c]})" for c in r.minority_classes]
+        out.append(
+            f"imbalance: {_names(sizes)} have under half the training images of {big!r} ({train[big]}): add images "
+            "to them (data.balance: auto weights the loss meanwhile)"
+        )
+    return out
+
+
 def verdicts(r: AuditReport) -> list[str]:
     """One line per problem, each saying what to do; the forecast last."""
     out = []
@@ -132,11 +164,7 @@ def verdicts(r: AuditReport) -> list[str]:
     if r.odd_images:
         odd = [o["path"] for o in r.odd_images]
         out.append(f"pictures: {len(odd)} are tiny or extremely elongated ({_names(odd)})")
-    train = r.split_counts.get("train", {})
-    for c in r.small_classes:
-        out.append(
-            f"class {c!r} has {train[c]} training images (the largest has {max(train.values())}): add images to {c!r}"
-        )
+    out += _class_size_verdicts(r)
     curve = r.learning_curve
     if curve.get("forecast_accuracy") is not None:
         starved = curve.get("data_starved") or []

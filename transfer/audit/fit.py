@@ -1,10 +1,11 @@
 """The audit at the start of ``transfer fit`` (``data.audit: warn | block | off``, default ``warn``).
 
 ``warn`` logs the findings to the fit's MLflow run (``audit/report.html`` with thumbnails, ``audit/audit.json``,
-metrics ``audit_*``) and the verdict lines as warnings, then trains; ``block`` does the same but stops a fit whose
-validation split leaks training images with one line (exit code 2), before anything trains; ``off`` skips it. The
-audit shares the fit's frozen features (the feature cache, the key a ``linear_probe`` computes). A recipe whose
-``model.backbone`` was ``auto`` also gets the recommendation's table logged here (:mod:`transfer.recommend`).
+metrics ``audit_*``; the learning curve is left to ``transfer audit``), one warning line naming the kinds of problem
+found (the verdicts at INFO), then trains; ``block`` does the same but stops a fit whose validation split leaks
+training images with one line (exit code 2), before anything trains; ``off`` skips it. The audit shares the fit's
+frozen features (the feature cache: the ones its probe computed, else the key a ``linear_probe`` computes). A recipe
+whose ``model.backbone`` was ``auto`` also gets the recommendation's table logged here (:mod:`transfer.recommend`).
 """
 
 from __future__ import annotations
@@ -63,10 +64,13 @@ def before_training(job: Any, store: Any, run_id: str) -> None:
     mode = job.recipe.data.audit
     if mode == "off":
         return
-    report = audit(job)
+    report = audit(job, curves=False)  # the forecast is `transfer audit`'s and the page's; a fit wants its start
     log_report(store, run_id, report)
-    for line in report.verdicts:
-        _log.warning("audit: %s", line)
+    for line in report.verdicts:  # the details are in the run's report; a fit's log gets one warning line
+        _log.info("audit: %s", line)
+    if report.verdicts:
+        kinds = ", ".join(line.split(":", 1)[0] for line in report.verdicts)
+        _log.warning("audit found %s: see audit/report.html in run %s, or run transfer audit", kinds, run_id)
     if mode == "block" and report.leaks:
         first = report.leaks[0]
         raise job.recipe.error(
