@@ -41,20 +41,30 @@ class Albumentations:
     """An albumentations pipeline (crop, flip, ..., normalise) called on a PIL image, after an optional PIL policy.
 
     Args:
-        ops: albumentations transforms before normalisation.
-        data_config: ``mean``, ``std`` (and ``input_size`` for grey models).
+        ops: builds the albumentations transforms before normalisation, for a data config.
+        data_config: ``input_size``, ``mean``, ``std``, ``interpolation``.
         policy: a torchvision PIL transform applied first (TrivialAugmentWide, RandAugment), or None.
     """
 
-    def __init__(self, ops: list[Any], data_config: dict[str, Any], policy: Callable | None = None) -> None:
+    def __init__(
+        self, ops: Callable[[dict[str, Any]], list[Any]], data_config: dict[str, Any], policy: Callable | None = None
+    ) -> None:
+        self.ops, self.data_config, self.policy = ops, dict(data_config), policy
+        self.grey = int(data_config["input_size"][0]) == 1
+        self.pipeline = self._compose(self.data_config)
+
+    def _compose(self, data_config: dict[str, Any]) -> Any:
         import albumentations as A
         from albumentations.pytorch import ToTensorV2
 
         c = int(data_config["input_size"][0])
         mean, std = tuple(data_config["mean"])[:c], tuple(data_config["std"])[:c]
-        self.grey = c == 1
-        self.policy = policy
-        self.pipeline = A.Compose([*ops, A.Normalize(mean=mean, std=std, max_pixel_value=255.0), ToTensorV2()])
+        return A.Compose([*self.ops(data_config), A.Normalize(mean=mean, std=std, max_pixel_value=255.0), ToTensorV2()])
+
+    def set_size(self, side: int) -> None:
+        """Crop to ``side`` x ``side`` from now on (progressive resizing)."""
+        c = self.data_config["input_size"][0]
+        self.pipeline = self._compose({**self.data_config, "input_size": (c, side, side)})
 
     def __call__(self, img: Image.Image) -> torch.Tensor:
         if self.policy is not None:
@@ -138,7 +148,7 @@ def build_transforms(data_config: dict[str, Any], augment: str = "light") -> tup
         raise ValueError(f"unknown augment preset {augment!r}; choose one of {', '.join(PRESETS)}")
     eval_tf = imaging.eval_transform(data_config)
     preset = PRESETS[augment]
-    if preset is None:
-        return eval_tf, eval_tf
+    if preset is None:  # a transform of its own: progressive resizing changes the training one only
+        return imaging.eval_transform(data_config), eval_tf
     ops, policy = preset
-    return Albumentations(ops(data_config), data_config, policy() if policy else None), eval_tf
+    return Albumentations(ops, data_config, policy() if policy else None), eval_tf

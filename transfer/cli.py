@@ -93,10 +93,35 @@ def _fit(args: argparse.Namespace) -> int:
     result = fit(args.recipe, overrides=args.set, resume=args.resume, restart=args.restart)
     if result.rank:  # under DDP, rank zero reports for every rank
         return 0
-    print(f"run_id: {result.run_id}")
-    print(f"model_uri: {result.model_uri}")
+    print("\n".join(f"{key}: {value}" for key, value in summary(result)))
+    return 0
+
+
+def summary(result: Any) -> list[tuple[str, str]]:
+    """What a fit says at its end, as ``key: value`` lines a person reads (and a script can parse)."""
+    m = result.metrics
+    lines = [("run_id", result.run_id), ("model_uri", result.model_uri)]
     if result.registered_uri:
-        print(f"registered: {result.registered_uri}")
+        lines.append(("registered", result.registered_uri))
+        lines.append(("alias", "moved to this version" if result.promoted else "left where it was"))
+    lines.append(("strategy", f"{result.strategy} ({result.strategy_reason})"))
+    if "val_acc" in m:
+        interval = f"95% interval {m.get('val_acc_low', 0):.3f}-{m.get('val_acc_high', 1):.3f}"
+        lines.append(("val_acc", f"{m['val_acc']:.3f} ({interval}, {result.params.get('val_size', '?')} images)"))
+    if "val_f1" in m:
+        lines.append(("val_f1", f"{m['val_f1']:.3f}"))
+    if result.seconds:
+        lines.append(("time", f"{result.seconds:.0f} s ({result.seconds_to_first_epoch:.0f} s before the first epoch)"))
+    return lines
+
+
+def _lr_find(args: argparse.Namespace) -> int:
+    from transfer.lr_find import run
+
+    finding, run_id = run(args.recipe, overrides=args.set, plot_path=args.plot)
+    print(f"suggested learning rate: {finding.suggestion:.3g} for the head (optim.lr: {finding.base_lr:.3g})")
+    print(f"set optim.lr: {finding.base_lr:.3g} in the recipe, or optim.lr: auto to find it at every fit")
+    print(f"plot: runs:/{run_id}/lr_find.png" + (f" and {args.plot}" if args.plot else ""))
     return 0
 
 
@@ -225,6 +250,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--restart", action="store_true", help="start over an unfinished run (its files are kept in previous/)"
     )
     f.set_defaults(func=_fit)
+
+    lf = sub.add_parser("lr-find", help="find a learning rate for a recipe (Lightning's LR finder)")
+    lf.add_argument("recipe", help="path to a recipe YAML")
+    lf.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. data.batch_size=64")
+    lf.add_argument("--plot", default=None, help="also write the loss-vs-rate plot to this PNG file")
+    lf.set_defaults(func=_lr_find)
 
     _data_commands(sub)
     pr = sub.add_parser("predict", help="classify images with a logged or registered model")

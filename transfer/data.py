@@ -111,7 +111,7 @@ class ImageDataModule(L.LightningDataModule):
         index: DatasetIndex,
         data_config: dict[str, Any],
         *,
-        augment: str = "light",
+        augment: str = "none",
         batch_size: int = 32,
         num_workers: int = 2,
         balance: str = "none",

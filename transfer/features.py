@@ -168,15 +168,13 @@ class FeatureCache:
 
         ``progress`` is called with (images done, images in all splits) while features are computed.
         """
-        key = self.key(
-            weights=weights_digest(model, exclude=model.get_classifier()),
-            data_config=data_config,
-            files=files,
-            per_stage=per_stage,
-            backbone=backbone,
-        )
+        weights = weights_digest(model, exclude=model.get_classifier())
+        key = self.key(weights=weights, data_config=data_config, files=files, per_stage=per_stage, backbone=backbone)
         self.last_key = key
         cached = self.load(key)
+        if cached is None and not per_stage:  # per-stage features hold the pre-logits too (auto computed them)
+            wider = self.key(weights=weights, data_config=data_config, files=files, per_stage=True, backbone=backbone)
+            cached = self.load(wider)
         if cached is None or not all(s in cached and cached[s] for s in loaders):
             from filelock import FileLock
 

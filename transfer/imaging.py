@@ -374,6 +374,10 @@ class EvalTransform:
     def __call__(self, img: Image.Image) -> torch.Tensor:
         return preprocess_image(img, self.data_config)
 
+    def set_size(self, side: int) -> None:
+        """Produce ``side`` x ``side`` tensors from now on (progressive resizing of an unaugmented training set)."""
+        self.data_config["input_size"] = (self.data_config["input_size"][0], side, side)
+
     def __repr__(self) -> str:
         return f"EvalTransform({self.data_config})"
 

@@ -91,6 +91,7 @@ class ProgressEvents(L.Callback):
         self.events = events
         self.start_fields = start_fields
         self._last_step = 0.0
+        self.first_step: float | None = None  # time.monotonic() of the first training step
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.is_global_zero:
@@ -102,6 +103,10 @@ class ProgressEvents(L.Callback):
                 epoch=trainer.current_epoch,
                 **self.start_fields,
             )
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        if self.first_step is None:
+            self.first_step = time.monotonic()
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
         now = time.monotonic()

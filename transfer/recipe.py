@@ -30,6 +30,8 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 
 from transfer.augment import PRESETS
 from transfer.errors import UserError
+from transfer.module import TTA
+from transfer.optim import OPTIMIZERS
 from transfer.strategies import check_recipe as check_strategy_settings
 from transfer.strategies import strategy_names
 
@@ -37,11 +39,19 @@ _log = logging.getLogger(__name__)
 
 StrategyName = Literal[strategy_names()]  # type: ignore[valid-type]  (the registry's names, auto first)
 AugmentName = Literal[tuple(PRESETS)]  # type: ignore[valid-type]
+OptimizerName = Literal[tuple(OPTIMIZERS)]  # type: ignore[valid-type]
+TTAName = Literal[TTA]  # type: ignore[valid-type]
 
 
 class _Section(BaseModel):
     # extra="forbid" is what turns a typo into an error instead of a silently ignored key.
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    @field_validator("audit", "ood", mode="before", check_fields=False)
+    @classmethod
+    def _yaml_off(cls, value: Any) -> Any:
+        # YAML 1.1 reads a bare `off` (in a file or a --set) as false: the user meant the word.
+        return "off" if value is False else value
 
 
 class DataConfig(_Section):
@@ -51,7 +61,11 @@ class DataConfig(_Section):
     val_source: str | None = Field(None, description="a separate validation folder; else a stratified split")
     val_split: float = Field(0.2, gt=0.0, lt=1.0, description="fraction of each class held out for validation")
     image_size: int | None = Field(None, ge=16, le=1024, description="square input side; default: the backbone's")
-    augment: AugmentName = Field("light", description="augmentation preset: " + " | ".join(PRESETS))
+    augment: AugmentName = Field("none", description="augmentation preset: " + " | ".join(PRESETS))
+    tta: TTAName = Field("none", description="test-time augmentation of the final evaluation and the registered model")
+    progressive: bool = Field(
+        False, description="progressive resizing (fine-tuning): train at half the image size first, then grow"
+    )
     batch_size: int = Field(32, ge=1)
     num_workers: int = Field(2, ge=0)
     balance: Literal["auto", "none", "sampler", "weights"] = Field(
@@ -87,7 +101,9 @@ class StrategyConfig(_Section):
     stages: int = Field(2, ge=1, description="partial: how many of the last stages train")
     milestones: list[int] = Field([2, 4], description="gradual: epochs at which one more stage unfreezes")
     cache_features: bool = Field(True, description="linear_probe / stage_probe: compute frozen features once")
-    layer_decay: float = Field(0.75, gt=0.0, le=1.0, description="full: lr multiplier per stage from the top")
+    layer_decay: float = Field(
+        1.0, gt=0.0, le=1.0, description="full: lr x this per weight layer above (1: off, as measured best)"
+    )
 
     @field_validator("milestones")
     @classmethod
@@ -98,19 +114,34 @@ class StrategyConfig(_Section):
 
 
 class OptimConfig(_Section):
-    """Optimizer, schedule, loss and stopping."""
+    """Optimizer, learning rates, schedule, loss, regularisation and which weights are kept."""
 
-    name: Literal["sgd", "adamw", "lars"] = "adamw"
-    lr: float = Field(
-        1.0e-3, gt=0.0, allow_inf_nan=False, description="learning rate at a batch of 256 when scale_lr is true"
+    name: OptimizerName = "adamw"
+    lr: float | Literal["auto"] = Field(
+        1.0e-3,
+        description="the head's learning rate (probes: x3); auto: the LR finder's suggestion (transfer lr-find)",
+    )
+    backbone_lr_mult: float = Field(
+        1.0, gt=0.0, le=1.0, allow_inf_nan=False, description="fine-tuning: backbone lr = lr x this (discriminative)"
     )
     weight_decay: float = Field(0.05, ge=0.0, allow_inf_nan=False)
     momentum: float = Field(0.9, ge=0.0, lt=1.0, description="sgd and lars momentum (adamw: beta1)")
     warmup_epochs: float = Field(
-        1.0, ge=0.0, allow_inf_nan=False, description="linear warmup, then cosine decay to zero (per step)"
+        0.25, ge=0.0, allow_inf_nan=False, description="linear warmup, then cosine decay to zero (per step)"
     )
-    scale_lr: bool = Field(True, description="linear scaling rule: lr * batch_size * devices * num_nodes / 256")
+    scale_lr: bool | Literal["auto"] = Field(
+        "auto",
+        description="linear scaling rule lr x global batch / 256; auto: for sgd and lars, not for adamw",
+    )
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    mixup: float = Field(0.0, ge=0.0, allow_inf_nan=False, description="mixup alpha (timm Mixup); 0: off")
+    cutmix: float = Field(0.0, ge=0.0, allow_inf_nan=False, description="cutmix alpha (timm Mixup); 0: off")
+    ema: float = Field(0.0, ge=0.0, lt=1.0, description="decay of an exponential moving average of the weights; 0: off")
+    checkpoint: Literal["last", "best"] = Field(
+        "last",
+        description="weights kept: the last epoch's (the reported accuracy is not chosen on itself) or the best "
+        "validation epoch's",
+    )
     early_stopping_patience: int | None = Field(
         None, ge=1, description="stop after this many epochs without a better val_acc; null: never"
     )
@@ -150,7 +181,8 @@ class DeployConfig(_Section):
 
 
 def _default_trainer() -> dict[str, Any]:
-    return {"max_epochs": 5}
+    # No max_epochs: each strategy has its own default (probes 20 epochs of milliseconds, fine-tunes 5).
+    return {}
 
 
 class Recipe(_Section):
@@ -410,19 +442,26 @@ def _describe(errs: list[dict[str, Any]]) -> list[tuple[str, str]]:
         loc = [str(p) for p in err["loc"]]
         member = None
         # pydantic appends the union member it tried ('bool', 'str', ...) to the location.
-        if (loc and loc[-1] in _UNION_WORDS) or (loc and loc[-1].startswith(("function-", "list["))):
+        if (loc and loc[-1] in _UNION_WORDS) or (loc and loc[-1].startswith(("function-", "list[", "literal["))):
             member = loc.pop()
         by_key.setdefault(".".join(loc), []).append((err, member))
     out = []
     for key, items in by_key.items():
-        members = [m for _, m in items if m in _UNION_WORDS]
+        members = [_member_words(m) for _, m in items if m in _UNION_WORDS or (m or "").startswith("literal[")]
         err = items[0][0]
         if len(members) > 1:
             value = err.get("input")
-            out.append((key, f"expected {' or '.join(_UNION_WORDS[m] for m in members)}, got {value!r}"))
+            out.append((key, f"expected {' or '.join(members)}, got {value!r}"))
         else:
             out.append((key, _describe_one(key, err)))
     return out
+
+
+def _member_words(member: str | None) -> str:
+    """A union member in words: ``float`` -> a number, ``literal['auto']`` -> auto."""
+    if member and member.startswith("literal["):
+        return member.removeprefix("literal[").removesuffix("]").replace("'", "")
+    return _UNION_WORDS.get(member or "", str(member))
 
 
 def _describe_one(key: str, err: dict[str, Any]) -> str:
@@ -499,7 +538,7 @@ def _validate(raw: Any, where: dict[str, str], path: Path | None) -> Recipe:
 
 def _check_combinations(r: Recipe) -> None:
     """Settings that are each valid but impossible together."""
-    max_epochs = r.trainer.get("max_epochs", _default_trainer()["max_epochs"])
+    max_epochs = r.trainer.get("max_epochs", 1)
     max_steps = r.trainer.get("max_steps", -1)
     if max_epochs is not None and not isinstance(max_epochs, int):
         raise r.error("trainer.max_epochs", f"expected an integer, got {max_epochs!r}")

@@ -21,6 +21,7 @@ import contextlib
 import logging
 import signal
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -72,6 +73,8 @@ class FitResult:
     best_stage: int | None = None
     params: dict[str, Any] = field(default_factory=dict)
     rank: int = 0
+    seconds: float = 0.0
+    seconds_to_first_epoch: float = 0.0
     deployment: dict[str, Any] = field(default_factory=dict)
 
 
@@ -104,8 +107,12 @@ def fit(
             before the model was logged (the checkpoints are kept; ``resume=True`` finishes the job).
         KeyboardInterrupt: training was interrupted; ``resume=True`` continues it.
     """
+    started = time.monotonic()
     with restored():  # Lightning exports seeds and DDP variables, MLflow its URIs: the caller's process keeps its own
-        return _fit(load_recipe(recipe, overrides), resume, restart, callbacks)
+        result = _fit(load_recipe(recipe, overrides), resume, restart, callbacks)
+    result.seconds = time.monotonic() - started
+    result.seconds_to_first_epoch = max(0.0, (result.seconds_to_first_epoch or started) - started)
+    return result
 
 
 def _fit(r: Recipe, resume: bool, restart: bool, callbacks: Sequence[Any]) -> FitResult:
@@ -129,7 +136,10 @@ def _fit(r: Recipe, resume: bool, restart: bool, callbacks: Sequence[Any]) -> Fi
         try:
             job = prepare(r, events)
             strategy, decision = strategies.resolve(job, rd.read())
+            L.seed_everything(r.seed, workers=True, verbose=False)  # auto's trials drew numbers: train as if named
+            _default_epochs(r, trainer, strategy)
             plan = strategy.build(job)
+            finding = _find_lr(job, trainer, plan) if r.optim.lr == "auto" and not resume else None
         except BaseException as exc:
             _end_events(events, exc)
             raise
@@ -139,12 +149,15 @@ def _fit(r: Recipe, resume: bool, restart: bool, callbacks: Sequence[Any]) -> Fi
             _train(trainer, plan, rd, resume)
             return _follower_result(trainer, strategy, rd, params)
         with _tracked(store, rd, r, decision, params, resume) as run:
+            run.log_lr_finding(finding)
             run.attach(trainer, events, strategy.name)
             before_training(job, store, run.run_id)  # data.audit: findings logged; block stops a leaking split
             trainer.callbacks.extend(callbacks)  # after ours: they see this epoch's metrics logged
             _train(trainer, plan, rd, resume)
             run.trained = True
-            return _finalise(job, strategy, plan, trainer, rd, store, run.run_id, params)
+            result = _finalise(job, strategy, plan, trainer, rd, store, run.run_id, params)
+            result.seconds_to_first_epoch = run.progress.first_step or 0.0
+            return result
 
 
 @contextlib.contextmanager
@@ -171,6 +184,23 @@ def _train(trainer: Any, plan: Any, rd: RunDir, resume: bool) -> None:
             signal.signal(signal.SIGINT, handler)
 
 
+def _default_epochs(r: Recipe, trainer: Any, strategy: Any) -> None:
+    """A recipe without ``trainer.max_epochs`` (or ``max_steps``) trains for its strategy's default."""
+    if "max_epochs" not in r.trainer and r.trainer.get("max_steps", -1) in (-1, None):
+        trainer.fit_loop.max_epochs = strategy.default_epochs
+
+
+def _find_lr(job: Any, trainer: Any, plan: Any) -> Any:
+    """``optim.lr: auto``: the LR finder's suggestion set on the module (see :mod:`transfer.lr_find`)."""
+    import math
+
+    from transfer.lr_find import find_lr
+
+    job.events.phase("train", "Finding a learning rate")
+    steps = math.ceil(len(job.index.train) / job.recipe.data.batch_size)
+    return find_lr(trainer, plan.module, plan.fit_kwargs, steps)
+
+
 def _end_events(events: Events, exc: BaseException, status: str | None = None) -> None:
     interrupted = isinstance(exc, KeyboardInterrupt)
     events.write("end", status=status or (INTERRUPTED if interrupted else FAILED), error=one_line(exc))
@@ -183,6 +213,18 @@ class _Run:
         self.store, self.run_id, self.rd = store, run_id, rd
         self.trained = False
 
+    def log_lr_finding(self, finding: Any) -> None:
+        """The LR finder's plot and suggestion (``optim.lr: auto``), when it ran."""
+        if finding is None:
+            return
+        import tempfile
+
+        from transfer.lr_find import plot
+
+        with tempfile.TemporaryDirectory(prefix="transfer-lr-") as tmp:
+            self.store.client.log_artifact(self.run_id, str(plot(finding, Path(tmp) / "lr_find.png")))
+        self.store.client.log_param(self.run_id, "lr_found", f"{finding.suggestion:.4g}")
+
     def attach(self, trainer: Any, events: Events, strategy: str) -> None:
         """Per-epoch metrics to MLflow, progress events, and the run id for the other ranks."""
         from transfer.distributed import RankSync
@@ -193,7 +235,8 @@ class _Run:
             if isinstance(c, RankSync):
                 c.run_id = self.run_id
         trainer.callbacks.append(EpochMetrics(self.store, self.run_id, pending=self.rd.pending_metrics))
-        trainer.callbacks.append(ProgressEvents(events, strategy=strategy))
+        self.progress = ProgressEvents(events, strategy=strategy)
+        trainer.callbacks.append(self.progress)
 
 
 @contextlib.contextmanager
@@ -249,9 +292,10 @@ def _run_params(
     r: Recipe, job: Any, strategy: Any, plan: Any, trainer: Any, trainer_kw: dict[str, Any], decision: dict
 ) -> dict[str, Any]:
     """The run's MLflow params (the learning rate after the scaling rule for the global batch)."""
-    from transfer.optim import effective_lr
+    from transfer.optim import effective_lr, scales_linearly
 
-    lr_eff = effective_lr(r.optim.lr, r.data.batch_size, trainer.world_size, r.optim.scale_lr)
+    lr = plan.module.lr  # the LR finder's, when the recipe says auto
+    lr_eff = effective_lr(lr, r.data.batch_size, trainer.world_size, scales_linearly(r.optim.name, r.optim.scale_lr))
     index = job.index
     return {
         "backbone": job.spec.name,
@@ -277,7 +321,7 @@ def _run_params(
         "optimizer": r.optim.name,
         "lr": r.optim.lr,
         "lr_effective": lr_eff,
-        "lr_head": lr_eff * (strategy.lr_scale("classifier", 1) if strategy.units else 1.0),
+        "lr_head": lr_eff * (strategy.lr_scale("classifier") if strategy.units else 1.0),
         "weight_decay": r.optim.weight_decay,
         "label_smoothing": r.optim.label_smoothing,
         "max_epochs": trainer.max_epochs,
@@ -288,6 +332,14 @@ def _run_params(
         **plan.params,
         **{f"auto_{k}": v for k, v in decision.get("auto", {}).items()},
     }
+
+
+def _best_seen(trainer: Any) -> float | None:
+    """The best per-epoch ``val_acc`` of the training (what the ``best`` checkpoint holds)."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    ckpt = next((c for c in trainer.callbacks if isinstance(c, ModelCheckpoint) and c.monitor == "val_acc"), None)
+    return float(ckpt.best_model_score) if ckpt is not None and ckpt.best_model_score is not None else None
 
 
 def _load_best(trainer: Any, module: Any, rd: RunDir) -> int | None:
@@ -306,30 +358,19 @@ def _load_best(trainer: Any, module: Any, rd: RunDir) -> int | None:
 def _finalise(
     job: Any, strategy: Any, plan: Any, trainer: Any, rd: RunDir, store: TrackingStore, run_id: str, params: dict
 ) -> FitResult:
-    """The best checkpoint's deployable model, its reports and metrics, logged (and registered) in ``run_id``."""
-    from mlflow.entities import Metric, Param
-
+    """The kept checkpoint's deployable model, its reports and metrics, logged (and registered) in ``run_id``."""
     from transfer.deploy.package import prepare_deployment
     from transfer.deploy.registry import log_classifier
-    from transfer.reports import log_reports
 
     if not store.answers():
         raise ConnectionError(f"{store.uri} does not answer")
     job.events.phase("evaluate")
-    best_epoch = _load_best(trainer, plan.module, rd)
+    # The logged weights are the last epoch's unless the recipe asks for the best validation epoch's (whose
+    # accuracy is then chosen on the very images it is reported on: the run says so).
+    best_epoch = _load_best(trainer, plan.module, rd) if job.recipe.optim.checkpoint == "best" else None
     final = strategy.finalise(job, plan)
     deployment = prepare_deployment(job, strategy, final)  # calibration, unknown detector, runtime
-    report = {"best_epoch": best_epoch, **final.report}
-    metrics = log_reports(store, run_id, final.logits, final.labels, job.index.classes, report)
-    logged_metrics = [Metric(f"best_{k}", v, 0, 0) for k, v in metrics.items()]
-    if best_epoch is not None:
-        logged_metrics.append(Metric("best_epoch", best_epoch, 0, 0))
-    store.client.log_batch(run_id, metrics=logged_metrics, params=[Param(k, str(v)) for k, v in final.params.items()])
-    for name, content in final.artifacts.items():
-        store.client.log_dict(run_id, content, name)
-    if job.index.skipped:
-        skipped = {"skipped": [{"path": p, "reason": why} for p, why in job.index.skipped]}
-        store.client.log_dict(run_id, skipped, "skipped_files.json")
+    metrics = _log_evaluation(job, final, trainer, store, run_id, best_epoch)
     r = job.recipe
     job.events.phase(
         "log_model", None if not r.tracking.register_as else f"Saving and registering {r.tracking.register_as}"
@@ -363,6 +404,34 @@ def _finalise(
     )
     rd.update(result={k: v for k, v in asdict(result).items() if k not in ("params", "rank")})
     return result
+
+
+def _log_evaluation(
+    job: Any, final: Any, trainer: Any, store: TrackingStore, run_id: str, best_epoch: int | None
+) -> dict:
+    """The final model's reports and metrics on the validation images, logged; returns the metrics."""
+    from mlflow.entities import Metric, Param
+
+    from transfer.reports import log_reports
+
+    kept = best_epoch if best_epoch is not None else trainer.current_epoch - 1
+    report = {"best_epoch": best_epoch, "kept_epoch": kept, **final.report}
+    metrics = log_reports(store, run_id, final.logits, final.labels, job.index.classes, report)
+    # final_*: the logged model on the validation images (honest with checkpoint: last); best_val_acc: the best epoch
+    # seen during training, chosen on those same images, so optimistic, and labelled as such in the summary.
+    logged_metrics = [Metric(f"final_{k}", v, 0, 0) for k, v in metrics.items()]
+    best_seen = _best_seen(trainer)
+    if best_seen is not None:
+        logged_metrics.append(Metric("best_val_acc", best_seen, 0, 0))
+    if best_epoch is not None:
+        logged_metrics.append(Metric("best_epoch", best_epoch, 0, 0))
+    store.client.log_batch(run_id, metrics=logged_metrics, params=[Param(k, str(v)) for k, v in final.params.items()])
+    for name, content in final.artifacts.items():
+        store.client.log_dict(run_id, content, name)
+    if job.index.skipped:
+        skipped = {"skipped": [{"path": p, "reason": why} for p, why in job.index.skipped]}
+        store.client.log_dict(run_id, skipped, "skipped_files.json")
+    return metrics
 
 
 def _follower_result(trainer: Any, strategy: Any, rd: RunDir, params: dict[str, Any]) -> FitResult:

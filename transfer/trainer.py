@@ -52,7 +52,16 @@ def trainer_kwargs(recipe: Recipe, run_dir: str) -> dict[str, Any]:
 
 
 # Lightning's lines that say nothing about the user's run: advertising, hardware it does not use, its own steps.
-_CHATTER = ("Tip:", "GPU available:", "TPU available:", "HPU available:", "Loading `train_dataloader`", "LOCAL_RANK:")
+_CHATTER = (
+    "Tip:",
+    "GPU available:",
+    "TPU available:",
+    "HPU available:",
+    "Loading `train_dataloader`",
+    "LOCAL_RANK:",
+    "Restoring states from",
+    "Restored all states from",
+)
 
 
 class _NoTips(logging.Filter):
@@ -152,4 +161,19 @@ def build_trainer(recipe: Recipe, run_dir: str) -> tuple[Any, dict[str, Any]]:
     ]
     if recipe.optim.early_stopping_patience:
         callbacks.append(EarlyStopping(monitor="val_acc", mode="max", patience=recipe.optim.early_stopping_patience))
+    callbacks += recipe_callbacks(recipe)
+    if recipe.data.progressive:  # the workers must see each epoch's size
+        kw["reload_dataloaders_every_n_epochs"] = 1
     return L.Trainer(callbacks=callbacks, **kw), kw
+
+
+def recipe_callbacks(recipe: Recipe) -> list[Any]:
+    """The callbacks the recipe switches on: EMA of the weights, progressive resizing."""
+    from transfer.callbacks import EMA, ProgressiveResizing
+
+    out: list[Any] = []
+    if recipe.optim.ema:
+        out.append(EMA(recipe.optim.ema))
+    if recipe.data.progressive:
+        out.append(ProgressiveResizing())
+    return out

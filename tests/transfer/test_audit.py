@@ -220,6 +220,25 @@ def test_warn_logs_the_findings_and_trains(workdir):
     assert run.info.status == "FINISHED" and run.data.metrics["audit_leaks"] == 12 and "val_acc" in result.metrics
 
 
+def test_a_second_fit_of_the_same_data_logs_the_audit_without_redoing_it(workdir, monkeypatch):
+    import mlflow
+
+    import transfer.audit
+    from transfer.train import fit
+
+    root = _leaky_folder(workdir / "data")
+    fit(write_recipe(workdir, data={"source": str(root)}, strategy={"name": "linear_probe"}))
+
+    def audit_again(*args, **kwargs):
+        raise AssertionError("the same data was audited twice")
+
+    monkeypatch.setattr(transfer.audit, "audit", audit_again)
+    again = fit(write_recipe(workdir, "again.yaml", data={"source": str(root)}, strategy={"name": "linear_probe"}))
+    client = mlflow.MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    assert client.get_run(again.run_id).data.metrics["audit_leaks"] == 12
+    assert "audit/report.html" in {a.path for a in client.list_artifacts(again.run_id, "audit")}
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Class sizes and pictures (no model needed)
 

@@ -47,7 +47,7 @@ def _case(workdir: Path, name: str) -> tuple[Path, str]:
             "data:\n  source: builtin:digits\nmodel:\n  backbone: resnet18\n"
             "trainer:\n  max_epochs: 3\noptim:\n  lr: [1]\n"
         )
-        return p, "recipe.yaml:8: optim.lr: expected a number"
+        return p, "recipe.yaml:8: optim.lr: expected a number or auto"
     raise AssertionError(name)
 
 
@@ -79,7 +79,7 @@ def test_bad_override_via_cli(workdir, capsys, stderr_logging):
     recipe = write_recipe(workdir)
     rc = main(["fit", str(recipe), "--set", "optim.lr=fast"])
     err = capsys.readouterr().err
-    assert rc == 2 and err.splitlines() == ["error: --set optim.lr: expected a number, got 'fast'"]
+    assert rc == 2 and err.splitlines() == ["error: --set optim.lr: expected a number or auto, got 'fast'"]
 
 
 def test_unreachable_tracking_server_fails_before_training(workdir, capsys, stderr_logging):

@@ -48,7 +48,9 @@ def test_pretrained_beats_random_and_the_run_is_fully_tracked(workdir):
     assert int(p["trainable_params"]) == 1280 * 10 + 10 and int(p["total_params"]) > 2_000_000
     assert (p["num_classes"], p["train_size"], p["val_size"]) == ("10", "640", "160")
     assert json.loads(p["classes"]) == [str(i) for i in range(10)]
-    assert float(p["lr_effective"]) == pytest.approx(1e-3 * 16 / 256) and p["batch_size"] == "16"
+    # AdamW: no linear scaling by the batch; the probe's head at 3x the base rate.
+    assert float(p["lr_effective"]) == pytest.approx(1e-3) and p["batch_size"] == "16"
+    assert float(p["lr_head"]) == pytest.approx(3e-3)
     for name in ("train_loss", "val_loss", "val_acc", "val_f1", "val_acc_top5"):
         history = client.get_metric_history(pre.run_id, name)
         assert [m.step for m in history] == [0, 1, 2], name
@@ -181,10 +183,9 @@ def test_auto_records_its_choice_and_reason(workdir):
     recipe = write_recipe(workdir, data={"max_per_class": 10}, strategy={"name": "auto"})
     result = fit(recipe)
     params = MlflowClient(f"sqlite:///{workdir}/mlflow.db").get_run(result.run_id).data.params
-    assert result.strategy in ("linear_probe", "stage_probe")  # 8 images per class is little data
     assert params["strategy"] == result.strategy and params["strategy_requested"] == "auto"
-    assert "per class" in params["strategy_reason"] and result.strategy in params["strategy_reason"]
-    assert "auto_domain_gap" in params
+    assert "held-out fold" in params["strategy_reason"] and params["strategy_reason"].endswith(f"-> {result.strategy}")
+    assert {f"auto_fold_acc_{s}" for s in ("linear_probe", "partial", "full")} <= set(params)
 
 
 def test_trainer_settings_pass_through_with_cpu_defaults(tmp_path):
@@ -237,7 +238,7 @@ def test_logged_accuracy_is_what_the_registered_model_gets_on_rgba_images(workdi
     )
     result = fit(recipe)
     store = TrackingStore(f"sqlite:///{workdir}/mlflow.db")
-    logged = store.client.get_run(result.run_id).data.metrics["best_val_acc"]
+    logged = store.client.get_run(result.run_id).data.metrics["final_val_acc"]
     idx = build_index(str(source), val_split=0.25)
     model = load_pyfunc("models:/shapes@champion", store)
     import pandas as pd
@@ -246,3 +247,18 @@ def test_logged_accuracy_is_what_the_registered_model_gets_on_rgba_images(workdi
     served = float((out["label"] == [idx.classes[y] for _, y in idx.val]).mean())
     assert logged >= 0.8, logged
     assert served == pytest.approx(logged, abs=1e-9)
+
+
+def test_a_fine_tune_on_a_few_dozen_images_is_not_left_at_chance(workdir, tmp_path):
+    # 36 training images at batch 32 make 2 steps an epoch: too few for BatchNorm's running statistics (momentum 0.1)
+    # to leave ImageNet's behind unless their memory follows the epoch (transfer.module.set_batchnorm_memory).
+    from tests.helpers import digits_folder
+
+    data = digits_folder(tmp_path / "three", classes=(0, 1, 2), per_class=16)
+    recipe = write_recipe(
+        workdir,
+        data={"source": str(data), "image_size": 64, "batch_size": 32, "val_split": 0.25, "audit": "off"},
+        strategy={"name": "partial"},
+        trainer={"max_epochs": 5},
+    )
+    assert fit(recipe).metrics["val_acc"] >= 0.75  # chance is 0.33; measured 0.33 before, 0.92 after

@@ -17,7 +17,6 @@ from transfer.features import FeatureCache, extract_features, weights_digest
 from transfer.module import ClassifierModule, StageProbeModule
 from transfer.recipe import OptimConfig, StrategyConfig
 from transfer.strategies import create
-from transfer.strategies.auto import choose_strategy
 
 warnings.filterwarnings("ignore", ".*does not have many workers.*")
 warnings.filterwarnings("ignore", ".*module\\(s\\) in eval mode.*")
@@ -117,7 +116,10 @@ def test_full_uses_layer_wise_lr_decay():
     strategy.setup(model)
     lrs = {g["name"].split(".")[0]: g["lr"] for g in strategy.param_groups(1.0, 0.01)}
     assert lrs["classifier"] == 1.0
-    assert [lrs[f"stage{i}"] for i in range(5)] == [0.5**5, 0.5**4, 0.5**3, 0.5**2, 0.5]
+    # Decay by depth: each stage at 0.5 ** (weight layers above its middle), not by its index among the stages.
+    depth = strategy.units.depth_above()
+    assert [lrs[f"stage{i}"] for i in range(5)] == pytest.approx([0.5**d for d in depth])
+    assert depth[-1] == 2.5 and depth[0] > 15  # resnet18: 5 weight layers in layer4 (a downsample), 21 in all
     # no weight decay on biases and BatchNorm parameters
     for g in strategy.param_groups(1.0, 0.01):
         assert (g["weight_decay"] == 0.0) == all(p.ndim <= 1 for p in g["params"])
@@ -260,37 +262,3 @@ def test_feature_cache_computes_once_when_ranks_ask_together(tmp_path, monkeypat
     assert len(set(calls)) == 1  # one caller extracted (train and val), the other did not
     assert sorted((c.misses, c.hits) for c in caches) == [(0, 1), (1, 0)]
     assert torch.equal(out[0]["train"]["pre_logits"], out[1]["train"]["pre_logits"])
-
-
-def _separable(stage_quality: list[float], n: int = 90, seed: int = 0) -> dict[str, torch.Tensor]:
-    """Synthetic pooled features: stage i separates 3 classes with signal strength stage_quality[i]."""
-    g = torch.Generator().manual_seed(seed)
-    y = torch.arange(n) % 3
-    out = {"labels": y}
-    for i, q in enumerate(stage_quality):
-        centers = torch.randn(3, 16, generator=g) * q
-        out[f"stage{i}"] = centers[y] + torch.randn(n, 16, generator=g)
-    return out
-
-
-@pytest.mark.parametrize(
-    ("n_train", "quality", "expected"),
-    [
-        (300, [0.0, 0.0, 0.5, 1.0, 3.0], "linear_probe"),  # little data, last stage best: similar domain
-        (300, [0.0, 0.0, 3.0, 1.0, 0.2], "stage_probe"),  # little data, a middle stage far better: different
-        (6000, [0.0, 0.0, 0.5, 1.0, 3.0], "partial"),  # more data, similar
-        (6000, [0.0, 0.0, 3.0, 1.0, 0.1], "full"),  # more data, far domain
-    ],
-)
-def test_auto_follows_the_classic_table(n_train, quality, expected):
-    choice = choose_strategy(
-        pretrained=True, n_train=n_train, num_classes=3, stage_features=_separable(quality), n_stages=5
-    )
-    assert choice.name == expected, choice.reason
-    assert expected in choice.reason and "per class" in choice.reason
-    assert {"probe_acc_last", "probe_acc_best", "domain_gap"} <= set(choice.details)
-
-
-def test_auto_without_pretrained_weights_trains_everything():
-    choice = choose_strategy(pretrained=False, n_train=50, num_classes=2, stage_features=None, n_stages=5)
-    assert choice.name == "full" and "no pretrained weights" in choice.reason

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from transfer.module import ClassifierModule, init_head
+from transfer.module import ClassifierModule, init_head, predict_logits
 from transfer.optim import param_group, unique_params
 
 _log = logging.getLogger(__name__)
@@ -55,6 +55,16 @@ class Units:
     @property
     def num_stages(self) -> int:
         return len(self.stages)
+
+    def depth_above(self) -> list[float]:
+        """For each stage, how many weight layers (convolutions, linear layers) lie above its middle in the
+        backbone: layer-wise learning-rate decay by depth, whatever the number of stages a family is cut into."""
+        counts = [sum(1 for p in stage.parameters() if p.ndim > 1) for stage in self.stages]
+        above, out = 0, [0.0] * len(counts)
+        for i in reversed(range(len(counts))):
+            out[i] = above + counts[i] / 2
+            above += counts[i]
+        return out
 
     def modules(self) -> dict[str, list[nn.Module]]:
         """Unit name (``stage{i}``, ``head``, ``classifier``) -> its modules."""
@@ -118,6 +128,7 @@ class Strategy:
     setting: ClassVar[str] = "strategy.name"  # the recipe key whose value :meth:`validate` checks
     logged: ClassVar[dict[str, str]] = {}  # MLflow param -> the ``strategy`` setting it reports
     trains_batchnorm: ClassVar[bool] = True  # BatchNorm in train mode needs two or more images per batch
+    default_epochs: ClassVar[int] = 5  # when the recipe sets no trainer.max_epochs
     uses_features: bool = False  # trains on cached features instead of images
 
     def __init__(self, cfg: Any, reason: str = "set in the recipe") -> None:
@@ -195,19 +206,25 @@ class Strategy:
         return set(self._trainable)
 
     # -- optimizer -----------------------------------------------------------------------------------------------
-    def lr_scale(self, unit: str, n_stages: int) -> float:
-        """Learning-rate multiplier of a unit."""
-        return 1.0
+    def lr_scale(self, unit: str) -> float:
+        """Learning-rate multiplier of a unit: the head at 1, the backbone's stages at ``optim.backbone_lr_mult``
+        (fastai's discriminative rates), set by :meth:`set_optim` (1 until then)."""
+        return self._backbone_mult if unit.startswith("stage") else 1.0
+
+    def set_optim(self, optim: Any) -> None:
+        """Take the recipe's ``optim`` section (the backbone's rate multiple)."""
+        self._backbone_mult = float(optim.backbone_lr_mult)
+
+    _backbone_mult: float = 1.0
 
     def param_groups(self, lr: float, weight_decay: float) -> list[dict[str, Any]]:
         """Optimizer parameter groups: one (or two: decay / no decay) per unit that ever trains."""
         assert self.units is not None
-        n = self.units.num_stages
-        ever = self.ever_trainable(n)
+        ever = self.ever_trainable(self.units.num_stages)
         groups = []
         for name, modules in self.units.modules().items():
             if name in ever:
-                groups += param_group(name, unique_params(modules), lr * self.lr_scale(name, n), weight_decay)
+                groups += param_group(name, unique_params(modules), lr * self.lr_scale(name), weight_decay)
         return [g for g in groups if g["params"]]
 
     def count_params(self, model: nn.Module) -> tuple[int, int]:
@@ -239,6 +256,7 @@ class Strategy:
 
     def classifier_module(self, job: Any, **kwargs: Any) -> ClassifierModule:
         """The LightningModule that trains ``job.model`` under this strategy (``kwargs``: features, norm...)."""
+        self.set_optim(job.recipe.optim)
         return ClassifierModule(
             job.model,
             self,
@@ -256,8 +274,15 @@ class Strategy:
         return Plan(module, {"datamodule": job.dm}, *self.count_params(job.model))
 
     def finalise(self, job: Any, plan: Plan) -> Final:
-        """The trained backbone (best weights loaded) and its logits on the validation images."""
+        """The trained backbone and its logits on the validation images (with the recipe's test-time
+        augmentation, as the registered model will run it)."""
         module = plan.module.cpu().eval()
         job.model.to(memory_format=torch.contiguous_format)
-        logits, labels = module.predict_logits(job.dm.eval_loader("val"))
+        logits, labels = module.predict_logits(job.dm.eval_loader("val"), tta=job.recipe.data.tta)
         return Final(job.model.eval(), logits.numpy(), labels.numpy())
+
+
+def image_logits(model: nn.Module, job: Any) -> tuple[np.ndarray, np.ndarray]:
+    """A deployable model's logits on the validation images, with the recipe's test-time augmentation."""
+    logits, labels = predict_logits(model.eval(), job.dm.eval_loader("val"), job.recipe.data.tta)
+    return logits.numpy(), labels.numpy()

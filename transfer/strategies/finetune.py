@@ -32,7 +32,8 @@ class Partial(Strategy):
 
 
 class Full(Strategy):
-    """Everything trains; stage ``i`` of ``n`` at ``lr * layer_decay ** (n - i)``, the head at ``lr``."""
+    """Everything trains; a stage at ``lr * backbone_lr_mult * layer_decay ** (weight layers above it)``, the head at
+    ``lr``."""
 
     name = "full"
     summary = "Everything trains, earlier layers with smaller learning rates (layer-wise decay)."
@@ -42,10 +43,13 @@ class Full(Strategy):
     def trainable_at(self, epoch: int, n_stages: int) -> set[str]:
         return {"head", "classifier", *(f"stage{i}" for i in range(n_stages))}
 
-    def lr_scale(self, unit: str, n_stages: int) -> float:
-        if unit.startswith("stage"):
-            return self.cfg.layer_decay ** (n_stages - int(unit.removeprefix("stage")))
-        return 1.0
+    def lr_scale(self, unit: str) -> float:
+        # Decay by depth: the stage whose middle has L weight layers above it trains at layer_decay ** L (times the
+        # backbone's multiple), the same for a family cut into 5 stages as for one cut into 9.
+        if unit.startswith("stage") and self.units is not None:
+            depth = self.units.depth_above()[int(unit.removeprefix("stage"))]
+            return super().lr_scale(unit) * self.cfg.layer_decay**depth
+        return super().lr_scale(unit)
 
 
 class Gradual(Strategy):
@@ -59,7 +63,7 @@ class Gradual(Strategy):
     @classmethod
     def check_recipe(cls, recipe: Any) -> None:
         super().check_recipe(recipe)
-        max_epochs = recipe.trainer.get("max_epochs")
+        max_epochs = recipe.trainer.get("max_epochs", cls.default_epochs)
         late = [m for m in recipe.strategy.milestones if max_epochs and m >= max_epochs]
         if late:
             raise recipe.error(

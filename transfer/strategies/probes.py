@@ -19,17 +19,35 @@ import torch
 
 from transfer.deploy.model_format import StageClassifier
 from transfer.module import StageProbeModule, feature_stats
-from transfer.strategies.base import Final, Plan, Strategy
+from transfer.strategies.base import Final, Plan, Strategy, image_logits
 
 _log = logging.getLogger(__name__)
 
-PROBE_LR_SCALE = 10.0
+PROBE_LR_SCALE = 3.0  # a probe at 3x optim.lr: 3e-3 by default, the best of 3e-4..1e-2 (bench/results)
+PROBE_EPOCHS = 20  # epochs of milliseconds on cached features: 20 beat 5 and 10 (bench/results)
+
+
+def check_image_only_keys(recipe: Any) -> None:
+    """Keys that change the training images cannot apply to cached features."""
+    for key, on in (("optim.mixup", recipe.optim.mixup), ("optim.cutmix", recipe.optim.cutmix)):
+        if on:
+            raise recipe.error(
+                key,
+                "mixes training images, but this probe trains on cached features; use a "
+                "fine-tuning strategy, or linear_probe with strategy.cache_features: false",
+            )
+    if recipe.data.progressive:
+        raise recipe.error(
+            "data.progressive",
+            "resizes training images, but probes train on cached features; use full, partial or gradual",
+        )
 
 
 class LinearProbe(Strategy):
     """Frozen backbone, trainable classifier, on cached features when ``strategy.cache_features``."""
 
     name = "linear_probe"
+    default_epochs = PROBE_EPOCHS
     trains_batchnorm = False
     summary = "Frozen backbone, features computed once and cached; only a linear classifier trains. Fastest."
     setting = "strategy.cache_features"
@@ -38,10 +56,16 @@ class LinearProbe(Strategy):
     def uses_features(self) -> bool:  # type: ignore[override]
         return bool(self.cfg.cache_features)
 
+    @classmethod
+    def check_recipe(cls, recipe: Any) -> None:
+        super().check_recipe(recipe)
+        if recipe.strategy.cache_features:
+            check_image_only_keys(recipe)
+
     def trainable_at(self, epoch: int, n_stages: int) -> set[str]:
         return {"classifier"}
 
-    def lr_scale(self, unit: str, n_stages: int) -> float:
+    def lr_scale(self, unit: str) -> float:
         return PROBE_LR_SCALE
 
     def build(self, job: Any) -> Plan:
@@ -60,6 +84,8 @@ class LinearProbe(Strategy):
             return super().finalise(job, plan)
         module = plan.module.cpu().eval()
         module.fold_feature_norm()
+        if job.recipe.data.tta != "none":  # the mirrored images have no cached features: the model runs on images
+            return Final(job.model.eval(), *image_logits(job.model, job))
         logits, labels = module.predict_logits(plan.fit_kwargs["val_dataloaders"])
         return Final(job.model.eval(), logits.numpy(), labels.numpy())
 
@@ -68,9 +94,15 @@ class StageProbe(Strategy):
     """A linear probe per stage on cached pooled features; the backbone never trains."""
 
     name = "stage_probe"
+    default_epochs = PROBE_EPOCHS
     trains_batchnorm = False
     summary = "A linear classifier on every stage's features; keeps the stage that transfers best."
     uses_features = True
+
+    @classmethod
+    def check_recipe(cls, recipe: Any) -> None:
+        super().check_recipe(recipe)
+        check_image_only_keys(recipe)
 
     def trainable_at(self, epoch: int, n_stages: int) -> set[str]:
         return set()  # the probes live outside the backbone
@@ -106,15 +138,18 @@ class StageProbe(Strategy):
         best = max(range(len(accs)), key=lambda i: (accs[i], -i))
         final = StageClassifier(job.model, best + 1, job.num_classes, in_features=module.dims[best])
         final.classifier.load_state_dict(module.deployable_probe(best).state_dict())
-        # The reported logits come from the deployable probe on raw features: they check the folding too.
+        # The reported logits come from the deployable probe on raw features (they check the folding too), or from
+        # the whole deployable model on the images when the recipe asks for test-time augmentation.
         with torch.inference_mode():
-            logits = final.classifier(torch.cat([b[1][best] for b in batches]))
+            logits = final.classifier(torch.cat([b[1][best] for b in batches])).numpy()
+        if job.recipe.data.tta != "none":
+            logits = image_logits(final, job)[0]
         _log.info("stage probe accuracy per stage: %s; best stage %d", ", ".join(f"{a:.3f}" for a in accs), best)
         stage_acc = {f"stage{i}": round(a, 4) for i, a in enumerate(accs)}
         report = {"stage_accuracy": stage_acc, "best_stage": best}
         return Final(
             final.eval(),
-            logits.numpy(),
+            logits,
             labels.numpy().astype(np.int64),
             report,
             {"best_stage": best},
