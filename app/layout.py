@@ -69,7 +69,13 @@ def model_tab(choices: list[tuple[str, str]]) -> dict[str, Any]:
         with gr.Row():
             epochs = gr.Slider(1, 50, value=3, step=1, label="Epochs", elem_id="epochs")
             image_size = gr.Slider(32, 384, value=96, step=16, label="Image size (px)", elem_id="image-size")
-            lr = gr.Number(value=1e-3, label="Learning rate (at batch 256)")
+            lr = gr.Dropdown(
+                ["auto", "1e-3", "3e-3", "3e-4", "1e-4"],
+                value="1e-3",
+                allow_custom_value=True,
+                label="Learning rate (the head's; auto: Lightning's LR finder picks it)",
+                elem_id="lr",
+            )
         with gr.Accordion("Advanced", open=False, elem_id="advanced"):
             use_pretrained = gr.Checkbox(
                 value=True, label="Start from pretrained ImageNet weights", elem_id="pretrained"

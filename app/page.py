@@ -68,7 +68,7 @@ class Settings:
     strategy: str
     epochs: int
     image_size: int
-    lr: float
+    lr: float | str
     use_pretrained: bool
     batch_size: int
     augment: str
@@ -79,7 +79,7 @@ class Settings:
     @classmethod
     def of(cls, *values: Any) -> Settings:
         bb, strat, ep, size, lr, pre, bs, aug, opt, vs, mpc = values
-        return cls(bb, strat, int(ep), int(size), float(lr), bool(pre), int(bs), aug, opt, float(vs), int(mpc or 0))
+        return cls(bb, strat, int(ep), int(size), _lr(lr), bool(pre), int(bs), aug, opt, float(vs), int(mpc or 0))
 
     def recipe(self, pretrained: bool | str, tracking_uri: str) -> dict[str, Any]:
         """The recipe these settings make (the data source is the session's)."""
@@ -95,6 +95,20 @@ class Settings:
             "trainer": {"max_epochs": self.epochs, "accelerator": "auto", "enable_progress_bar": False},
             "tracking": {"experiment": "app", "uri": tracking_uri},
         }
+
+
+def _lr(value: Any) -> float | str:
+    """The learning-rate box: a positive number, or ``auto`` (the fit runs Lightning's LR finder first)."""
+    text = str(value).strip().lower()
+    if text == "auto":
+        return "auto"
+    try:
+        lr = float(text)
+    except ValueError:
+        lr = -1.0
+    if not 0 < lr < 10:
+        raise UserError(f"learning rate {value!r}: give a number such as 1e-3, or auto to let the fit find one")
+    return lr
 
 
 class Page:
@@ -223,7 +237,10 @@ class Page:
 
     def on_plan(self, st, bb, strat, ep, size, lr, pre, bs, aug, opt, vs, mpc, request: gr.Request) -> dict:
         conn = self.conn(st, request)
-        settings = Settings.of(bb, strat, ep, size, lr, pre, bs, aug, opt, vs, mpc)
+        try:
+            settings = Settings.of(bb, strat, ep, size, lr, pre, bs, aug, opt, vs, mpc)
+        except UserError as exc:
+            return {self.ui.train_plan: f"⚠️ {self._words(exc)}", self.ui.train_btn: gr.update(interactive=False)}
         return self._plan_outputs(conn, self.session(conn), settings)
 
     def _plan_outputs(self, conn: Conn, s: Session, settings: Settings) -> dict:
@@ -239,6 +256,8 @@ class Page:
                 f"{settings.epochs} epoch{'s' * (settings.epochs != 1)} at {settings.image_size} px, on "
                 f"**{dataset.label}**: {dataset.images} images in {len(dataset.classes)} classes."
             )
+            if settings.lr == "auto":
+                text += " The learning rate is found first (Lightning's LR finder; its plot goes to the run)."
         return {ui.train_plan: text, ui.train_btn: gr.update(interactive=dataset is not None and not busy)}
 
     def _pretrained_words(self, s: Session, settings: Settings) -> str:
@@ -255,8 +274,8 @@ class Page:
     def on_train(self, st, bb, strat, ep, size, lr, pre, bs, aug, opt, vs, mpc, request: gr.Request) -> dict:
         conn = self.conn(st, request)
         s = self.session(conn)
-        settings = Settings.of(bb, strat, ep, size, lr, pre, bs, aug, opt, vs, mpc)
         try:
+            settings = Settings.of(bb, strat, ep, size, lr, pre, bs, aug, opt, vs, mpc)
             if s.dataset is None:
                 raise UserError("no dataset loaded: load one on the Data tab first (a failed load clears the last one)")
             self.backbones.check_allowed(settings.backbone)
