@@ -13,7 +13,6 @@ what to do: ``recipe.yaml:7: data.batchsize: unknown key; did you mean batch_siz
 from __future__ import annotations
 
 import copy
-import difflib
 import hashlib
 import importlib.resources
 import importlib.util
@@ -23,7 +22,7 @@ import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
@@ -32,6 +31,7 @@ from transfer.augment import PRESETS
 from transfer.errors import UserError
 from transfer.module import TTA
 from transfer.optim import OPTIMIZERS
+from transfer.recipe_errors import describe, fmt, suggest
 from transfer.strategies import check_recipe as check_strategy_settings
 from transfer.strategies import strategy_names
 
@@ -117,7 +117,7 @@ class OptimConfig(_Section):
     """Optimizer, learning rates, schedule, loss, regularisation and which weights are kept."""
 
     name: OptimizerName = "adamw"
-    lr: float | Literal["auto"] = Field(
+    lr: Annotated[float, Field(gt=0.0, allow_inf_nan=False)] | Literal["auto"] = Field(
         1.0e-3,
         description="the head's learning rate (probes: x3); auto: the LR finder's suggestion (transfer lr-find)",
     )
@@ -242,7 +242,7 @@ class Recipe(_Section):
 
     def error(self, key: str, message: str) -> UserError:
         """A :class:`UserError` for ``key`` in the format ``recipe.yaml:7: data.source: message``."""
-        return UserError(_fmt(self.where(key), key, message))
+        return UserError(fmt(self.where(key), key, message))
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved recipe (defaults filled in) as plain data."""
@@ -398,96 +398,11 @@ _SECTIONS: dict[str, type[BaseModel]] = {
     "deploy": DeployConfig,
 }
 
-_TYPE_WORDS = {
-    "int_parsing": "expected an integer",
-    "int_type": "expected an integer",
-    "int_from_float": "expected a whole number",
-    "float_parsing": "expected a number",
-    "float_type": "expected a number",
-    "bool_parsing": "expected true or false",
-    "bool_type": "expected true or false",
-    "string_type": "expected a string",
-    "list_type": "expected a list",
-    "dict_type": "expected a mapping of keys to values",
-    "model_type": "expected a mapping of keys to values",
-    "model_attributes_type": "expected a mapping of keys to values",
-}
-
-
-def _suggest(word: str, options: Sequence[str]) -> str:
-    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
-    if close:
-        return f"did you mean {close[0]}?"
-    return f"valid keys: {', '.join(options)}"
-
 
 def _trainer_keys() -> list[str]:
     import lightning
 
     return [p for p in inspect.signature(lightning.Trainer.__init__).parameters if p != "self"]
-
-
-_UNION_WORDS = {"bool": "true/false", "str": "a string", "int": "an integer", "float": "a number", "none": "null"}
-
-
-def _fmt(loc: str, key: str, msg: str) -> str:
-    """``recipe.yaml:7: data.batchsize: msg``, or ``--set data.batchsize: msg`` for an override."""
-    return f"--set {key}: {msg}" if loc == "--set" else f"{loc}: {key}: {msg}"
-
-
-def _describe(errs: list[dict[str, Any]]) -> list[tuple[str, str]]:
-    """(dotted key, message) per offending key; the errors pydantic gives per union member are merged."""
-    by_key: dict[str, list[tuple[dict[str, Any], str | None]]] = {}
-    for err in errs:
-        loc = [str(p) for p in err["loc"]]
-        member = None
-        # pydantic appends the union member it tried ('bool', 'str', ...) to the location.
-        if (loc and loc[-1] in _UNION_WORDS) or (loc and loc[-1].startswith(("function-", "list[", "literal["))):
-            member = loc.pop()
-        by_key.setdefault(".".join(loc), []).append((err, member))
-    out = []
-    for key, items in by_key.items():
-        members = [_member_words(m) for _, m in items if m in _UNION_WORDS or (m or "").startswith("literal[")]
-        err = items[0][0]
-        if len(members) > 1:
-            value = err.get("input")
-            out.append((key, f"expected {' or '.join(members)}, got {value!r}"))
-        else:
-            out.append((key, _describe_one(key, err)))
-    return out
-
-
-def _member_words(member: str | None) -> str:
-    """A union member in words: ``float`` -> a number, ``literal['auto']`` -> auto."""
-    if member and member.startswith("literal["):
-        return member.removeprefix("literal[").removesuffix("]").replace("'", "")
-    return _UNION_WORDS.get(member or "", str(member))
-
-
-def _describe_one(key: str, err: dict[str, Any]) -> str:
-    etype = err["type"]
-    if etype == "extra_forbidden":
-        section, _, leaf = key.rpartition(".")
-        model = _SECTIONS.get(section)
-        options = list(model.model_fields) if model else []
-        return f"unknown key; {_suggest(leaf, options)}" if options else "unknown key"
-    if etype == "missing":
-        return "required key is missing; add it"
-    value = err.get("input")
-    got = f", got {value!r}" if not isinstance(value, dict | list) or len(repr(value)) < 60 else ""
-    if etype in _TYPE_WORDS:
-        return f"{_TYPE_WORDS[etype]}{got}"
-    if etype == "literal_error":
-        options = [
-            o.strip().strip("'") for o in str(err.get("ctx", {}).get("expected", "")).replace(" or ", ",").split(",")
-        ]
-        options = [o for o in options if o]
-        close = difflib.get_close_matches(str(value), options, n=1, cutoff=0.5)
-        hint = f"did you mean {close[0]}? " if close else ""
-        return f"{value!r} is not one of {', '.join(options)}; {hint}".rstrip("; ").rstrip()
-    msg = err["msg"].removeprefix("Value error, ")
-    msg = msg[0].lower() + msg[1:] if msg else msg
-    return msg if etype == "value_error" else f"{msg}{got}"
 
 
 def _validate(raw: Any, where: dict[str, str], path: Path | None) -> Recipe:
@@ -508,7 +423,7 @@ def _validate(raw: Any, where: dict[str, str], path: Path | None) -> Recipe:
     try:
         recipe = Recipe.model_validate(raw)
     except ValidationError as exc:
-        described = _describe(exc.errors())
+        described = describe(exc.errors(), _SECTIONS)
 
         def order(item: tuple[str, str]) -> int:
             loc = locate(item[0])
@@ -519,7 +434,7 @@ def _validate(raw: Any, where: dict[str, str], path: Path | None) -> Recipe:
         key, msg = described[0]
         n = len(described) - 1
         more = f" (and {n} more problem{'s' if n > 1 else ''})" if n else ""
-        raise UserError(_fmt(locate(key), key, msg + more)) from exc
+        raise UserError(fmt(locate(key), key, msg + more)) from exc
     recipe._where = dict(where)
     recipe._path = path
 
@@ -527,8 +442,8 @@ def _validate(raw: Any, where: dict[str, str], path: Path | None) -> Recipe:
     valid = _trainer_keys()
     for key in recipe.trainer:
         if key not in valid:
-            msg = f"unknown lightning.Trainer argument; {_suggest(key, valid)}"
-            raise UserError(_fmt(locate("trainer." + key), "trainer." + key, msg))
+            msg = f"unknown lightning.Trainer argument; {suggest(key, valid)}"
+            raise UserError(fmt(locate("trainer." + key), "trainer." + key, msg))
     for key in ("callbacks", "logger", "plugins", "profiler"):
         if key in recipe.trainer and recipe.trainer[key] not in (None, False, True):
             raise recipe.error(f"trainer.{key}", "only true/false/null can be given in a recipe")

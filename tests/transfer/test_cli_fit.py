@@ -114,3 +114,42 @@ def test_server_that_refuses_this_host_fails_before_training(workdir, capsys, st
     err = capsys.readouterr().err
     assert rc == 2 and len(err.splitlines()) == 1 and "--allowed-hosts" in err
     assert not (workdir / "runs").exists()
+
+
+BAD_VALUES = {  # --set value -> what the one line must say
+    "trainer.precision=banana": "trainer.precision",
+    "trainer.devices=0": "trainer.devices",
+    "trainer.accelerator=tpu": "trainer.accelerator",
+    "trainer.max_time=banana": "trainer.max_time",
+    "optim.lr=.inf": "optim.lr",
+    "data.batch_size=1": "batch",
+}
+
+
+@pytest.mark.parametrize("setting", list(BAD_VALUES))
+def test_a_bad_value_is_one_line_before_anything_trains(setting, workdir, capsys, stderr_logging):
+    recipe = write_recipe(workdir, strategy={"name": "full"})
+    rc = main(["fit", str(recipe), "--set", setting])
+    out, err = capsys.readouterr()
+    assert rc == 2 and out == "" and len(err.splitlines()) == 1, err
+    assert err.startswith("error: ") and BAD_VALUES[setting] in err and "Traceback" not in err
+    assert not (workdir / "runs").exists()
+
+
+def test_a_diverging_fit_fails_its_run_and_registers_nothing(workdir, capsys, stderr_logging):
+    from mlflow.tracking import MlflowClient
+
+    recipe = write_recipe(
+        workdir,
+        data={"max_per_class": 8},
+        strategy={"name": "full"},
+        optim={"lr": 1e30, "warmup_epochs": 0},
+        tracking={"register_as": "diverged"},
+    )
+    rc = main(["fit", str(recipe)])
+    err = capsys.readouterr().err
+    assert rc == 2 and len(err.splitlines()) == 1 and "became nan" in err and "nothing was registered" in err, err
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert [r.info.status for r in runs] == ["FAILED"]
+    assert client.search_model_versions("name='diverged'") == []

@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from tests.helpers import strip_png
 from transfer import imaging
 from transfer import sources as tsources
 from transfer.augment import PRESETS, build_transforms
@@ -160,13 +161,22 @@ def test_missing_source(tmp_path):
         build_index("builtin:nope", cache_dir=str(tmp_path / "c"))
 
 
-def test_decompression_bomb_is_refused_per_file(tmp_path, caplog):
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda path: Image.new("1", (9500, 9500)).save(path),  # 90 megapixels in a few kilobytes
+        lambda path: path.write_bytes(strip_png(150_000)),  # 1 x 150,000: absurdly elongated
+        lambda path: path.write_bytes(strip_png(1_000_000)),
+    ],
+    ids=["bomb", "strip-150k", "strip-1M"],
+)
+def test_decompression_bomb_is_refused_per_file(tmp_path, caplog, make):
     root = _folder(tmp_path / "ds", {"a": 3, "b": 3})
-    Image.new("1", (9500, 9500)).save(root / "a" / "huge.png")  # 90 megapixels in a few kilobytes
+    make(root / "a" / "huge.png")
     with caplog.at_level(logging.WARNING, logger="transfer.sources"):
         idx = build_index(str(root), cache_dir=str(tmp_path / "cache"))
     assert [p for p, _ in idx.skipped] == [str(root / "a" / "huge.png")]
-    assert "image too large" in caplog.text
+    assert "image too large" in caplog.text or "elongated" in caplog.text
 
 
 def test_grayscale_palette_and_16bit_load_as_rgb(tmp_path):

@@ -407,6 +407,48 @@ def test_served_model_answers_http(server: str, clf: dict, image_dir: Path) -> N
     assert 400 <= status < 500, (status, body)
 
 
+def _server_peak_rss_mb(url: str) -> float:
+    """The largest peak RSS (VmHWM) among the serving processes (``mlflow models serve`` and the workers it runs)."""
+    port = url.rsplit(":", 1)[1]
+    groups = set()
+    for proc in Path("/proc").iterdir():
+        try:
+            cmd = (proc / "cmdline").read_bytes().split(b"\0")
+            if b"serve" in cmd and port.encode() in cmd:
+                groups.add(os.getpgid(int(proc.name)))
+        except (OSError, ValueError):
+            continue
+    peaks = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and os.getpgid(int(proc.name)) in groups:
+                hwm = next(x for x in (proc / "status").read_text().splitlines() if x.startswith("VmHWM"))
+                peaks.append(int(hwm.split()[1]) / 1024)
+        except (OSError, StopIteration):
+            continue
+    assert peaks, "no serving process found"
+    return max(peaks)
+
+
+def test_served_model_reads_no_server_path_and_absurd_strips_cost_no_memory(server: str, image_dir: Path) -> None:
+    from tests.helpers import strip_png
+
+    def post(cells: list[str]) -> pd.DataFrame:
+        status, body = _post(f"{server}/invocations", {"dataframe_split": {"columns": ["image"], "data": cells}})
+        assert status == 200, body
+        return pd.DataFrame(body["predictions"])
+
+    existing = _image_files(image_dir)[0]
+    paths = post([[str(existing)], ["/no/such/file.png"], [str(image_dir)], ["/etc/passwd"]])
+    assert paths["label"].isna().all() and set(paths["error"]) == {REFUSED_STRING}
+    assert post([[_b64(existing.read_bytes())]])["label"].notna().all()
+    before = _server_peak_rss_mb(server)
+    strips = post([[_b64(strip_png(150_000))], [_b64(strip_png(1_000_000))]])
+    assert strips["label"].isna().all() and strips["error"].str.contains("too large|elongated").all()
+    assert _server_peak_rss_mb(server) - before < 300
+    assert post([[_b64(existing.read_bytes())]])["label"].notna().all()  # and the server still answers
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Registry promotion, stage classifiers
 # --------------------------------------------------------------------------------------------------------------
@@ -506,6 +548,18 @@ def test_predict_paths_expands_folders_and_matches(clf: dict, tracking: dict, im
     by_version = predict_paths(f"models:/{NAME}/1", [str(files[0])], tracking["store"])
     by_run = predict_paths(clf["result"].model_uri, [str(files[0])], tracking["store"])
     assert by_version["label"][0] == by_run["label"][0] == out["label"][0]
+
+
+def test_predict_paths_gives_absurd_strips_a_row_error(tracking: dict, image_dir: Path, tmp_path: Path) -> None:
+    from tests.helpers import strip_png
+
+    strips = [tmp_path / "strip-150k.png", tmp_path / "strip-1M.png"]
+    for path, width in zip(strips, (150_000, 1_000_000), strict=True):
+        path.write_bytes(strip_png(width))
+    good = str(_image_files(image_dir)[0])
+    out = predict_paths(f"models:/{NAME}@champion", [*map(str, strips), good], tracking["store"])
+    assert out["label"][:2].isna().all() and out["error"][:2].str.contains("too large|elongated").all()
+    assert out["label"][2] is not None and pd.isna(out["error"][2])
 
 
 def test_predict_paths_default_tracking_uri_and_local_dir(
