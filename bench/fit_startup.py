@@ -21,7 +21,7 @@ import textwrap
 from pathlib import Path
 
 import benchdata
-from peers import WEIGHTS_URI, read_jsonl, timed, transfer_command
+from peers import WEIGHTS_URI, first_start, timed, transfer_command
 
 _log = logging.getLogger("bench.fit_startup")
 
@@ -43,7 +43,9 @@ def _ours(recipe: Path, scratch: Path, n: int, env: dict) -> float:
     progress = scratch / f"progress-{n}.jsonl"
     cmd = [*transfer_command(), "fit", str(recipe), "--set", f"tracking.run_name=startup-{n}"]
     _, t0, _ = timed(cmd, {**env, "TRANSFER_PROGRESS_FILE": str(progress)}, cwd=scratch)
-    return next(e["time"] for e in read_jsonl(progress) if e.get("event") == "start") - t0
+    start = first_start(progress, scratch / "runs", t0)
+    assert start is not None, "the fit wrote no start event"
+    return start - t0
 
 
 def _plain(features: Path, scratch: Path, env: dict) -> float:

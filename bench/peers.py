@@ -155,9 +155,20 @@ def run_ours(c: Contender, job: dict, seed: int, epochs: int) -> dict:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(job["ours_src"]), env.get("PYTHONPATH")]))
     wall, t0, _ = timed(cmd, env, cwd=scratch)
     out = read_mlflow(job["tracking_uri"], job["experiment"], name)
-    starts = [e["time"] for e in read_jsonl(progress) if e.get("event") == "start"]
-    out["t_first_epoch"] = starts[0] - t0 if starts else None
+    start = first_start(progress, scratch / "runs", t0)
+    out["t_first_epoch"] = start - t0 if start else None
     return {**out, "wall": wall}
+
+
+def first_start(progress: Path, runs: Path, t0: float) -> float | None:
+    """When a fit launched at ``t0`` began training: its ``start`` event, from ``$TRANSFER_PROGRESS_FILE`` (older
+    revisions) or from the newest run directory's ``events.jsonl`` written since (today's)."""
+    events = read_jsonl(progress)
+    if not events:
+        fresh = [p for p in runs.glob("*/events.jsonl") if p.stat().st_mtime >= t0]
+        events = read_jsonl(max(fresh, key=lambda p: p.stat().st_mtime)) if fresh else []
+    starts = [e["time"] for e in events if e.get("event") == "start" and e["time"] >= t0]
+    return starts[0] if starts else None
 
 
 def read_jsonl(path: Path) -> list[dict]:
