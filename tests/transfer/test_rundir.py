@@ -51,9 +51,10 @@ def _files(folder: Path) -> dict[str, int]:
 def test_second_fit_stops_at_once_and_a_killed_fit_is_recovered_and_resumed(workdir):
     recipe = write_recipe(
         workdir,
-        data={"max_per_class": 12, "image_size": 96, "augment": "none"},
+        # Long enough to be still training when the second fit has started and given up (a python start each).
+        data={"max_per_class": 30, "image_size": 96, "augment": "none", "audit": "off"},
         strategy={"name": "full"},
-        trainer={"max_epochs": 8},
+        trainer={"max_epochs": 12},
     )
     rd = RunDir.for_recipe(load_recipe(recipe))
     first = _spawn(recipe, workdir)
@@ -90,7 +91,7 @@ def test_second_fit_stops_at_once_and_a_killed_fit_is_recovered_and_resumed(work
     assert result.run_id == run_id and rd.read()["status"] == FINISHED
     assert client.get_run(run_id).info.status == "FINISHED"
     steps = sorted(m.step for m in client.get_metric_history(run_id, "val_acc"))
-    assert steps == list(range(8))
+    assert steps == list(range(12))
 
 
 def _interrupted(path: Path, run_id: str = "r1") -> RunDir:
