@@ -325,7 +325,7 @@ def _run_params(
         "weight_decay": r.optim.weight_decay,
         "label_smoothing": r.optim.label_smoothing,
         "max_epochs": trainer.max_epochs,
-        "precision": str(trainer_kw["precision"]),
+        "train_precision": str(trainer_kw["precision"]),  # "precision" is the model config's (fp32 | int8)
         "seed": r.seed,
         "trainable_params": plan.trainable_params,
         "total_params": plan.total_params,
