@@ -9,8 +9,6 @@ back from these files, so a reload, a second tab or a restarted server sees the 
 
 from __future__ import annotations
 
-import json
-import os
 import re
 import time
 from dataclasses import dataclass
@@ -19,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from transfer.jsonfile import read_json, write_json
 from transfer.progress import read_events
 from transfer.rundir import FAILED, FINISHED, INTERRUPTED, RUNNING, TRAINED, RunDir
 
@@ -81,17 +80,11 @@ class RunFolder:
 
     # -- the page's note ---------------------------------------------------------------------------------------
     def note(self) -> dict[str, Any]:
-        try:
-            return json.loads((self.path / PAGE_FILE).read_text())
-        except (OSError, ValueError):
-            return {}
+        return read_json(self.path / PAGE_FILE)
 
     def note_update(self, **fields: Any) -> None:
         """Record ``fields`` in ``page.json`` (written atomically: a reader never sees half of it)."""
-        data = {**self.note(), **fields}
-        tmp = self.path / f".{PAGE_FILE}.tmp"
-        tmp.write_text(json.dumps(data, indent=1))
-        os.replace(tmp, self.path / PAGE_FILE)
+        write_json(self.path / PAGE_FILE, {**self.note(), **fields})
 
     # -- the fit's files ---------------------------------------------------------------------------------------
     @property

@@ -9,9 +9,7 @@ dataset, never the previous one, so Train cannot quietly use data the visitor me
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import re
 import shutil
 import time
@@ -24,6 +22,7 @@ from app.limits import Limits
 from app.runs import RunFolder, list_runs, scrub
 from app.visitors import Visitor
 from transfer.errors import UserError
+from transfer.jsonfile import read_json, write_json
 from transfer.sources import ScanResult, descend_wrappers, safe_extract_zip, scan_folder
 
 _log = logging.getLogger(__name__)
@@ -81,16 +80,10 @@ class Session:
 
     # -- state -------------------------------------------------------------------------------------------------
     def _state(self) -> dict[str, Any]:
-        try:
-            return json.loads((self.root / SESSION_FILE).read_text())
-        except (OSError, ValueError):
-            return {}
+        return read_json(self.root / SESSION_FILE)
 
     def _update(self, **fields: Any) -> None:
-        data = {**self._state(), **fields, "seen": time.time()}
-        tmp = self.root / f".{SESSION_FILE}.tmp"
-        tmp.write_text(json.dumps(data, indent=1))
-        os.replace(tmp, self.root / SESSION_FILE)
+        write_json(self.root / SESSION_FILE, {**self._state(), **fields, "seen": time.time()})
 
     def touch(self) -> None:
         """Mark the folder as visited now (the session time-to-live counts from here)."""

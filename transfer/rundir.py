@@ -23,7 +23,6 @@ the OOM killer): the next fit marks its MLflow run KILLED and treats it as inter
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import shutil
@@ -36,6 +35,7 @@ from typing import Any
 from filelock import FileLock, Timeout
 
 from transfer.errors import UserError
+from transfer.jsonfile import read_json, write_json
 
 _log = logging.getLogger(__name__)
 
@@ -77,15 +77,10 @@ class RunDir:
 
     def read(self) -> dict[str, Any]:
         """``run.json`` as found (empty when there is none, or it is unreadable)."""
-        try:
-            return json.loads((self.path / "run.json").read_text())
-        except (OSError, ValueError):
-            return {}
+        return read_json(self.path / "run.json")
 
     def _write(self) -> None:
-        tmp = self.path / ".run.json.tmp"
-        tmp.write_text(json.dumps(self.state, indent=1, default=str))
-        os.replace(tmp, self.path / "run.json")
+        write_json(self.path / "run.json", self.state, default=str)
 
     # -- states --------------------------------------------------------------------------------------------------
     def transition(self, status: str, **fields: Any) -> None:

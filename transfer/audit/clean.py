@@ -6,6 +6,7 @@ the layout a recipe reads (``train/<class>/`` and ``val/<class>/``), atomically 
 
 from __future__ import annotations
 
+import itertools
 import shutil
 import tempfile
 from collections.abc import Iterable
@@ -13,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from transfer.audit.findings import AuditReport
-from transfer.audit.report import sections, thumbnail_png
+from transfer.audit.report import save_thumbnails, sections
 from transfer.errors import UserError
 
 # What "drop these" removes unless told otherwise: the second and later copies, the leaked validation copies,
@@ -84,15 +85,9 @@ def page_findings(report: AuditReport, folder: str | Path) -> list[dict[str, Any
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    rows, k = [], 0
+    rows, counter = [], itertools.count(1)
     for title, items in sections(report):
         for paths, caption in items:
-            thumbs = []
-            for p in paths[:4]:
-                png = thumbnail_png(p)
-                if png:
-                    k += 1
-                    (folder / f"{k:05d}.png").write_bytes(png)
-                    thumbs.append(str(folder / f"{k:05d}.png"))
+            thumbs = [str(t) for t in save_thumbnails(paths, folder, counter, 5)]
             rows.append({"section": title, "paths": list(paths), "caption": caption, "thumbnails": thumbs})
     return rows

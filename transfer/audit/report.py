@@ -10,8 +10,9 @@ from __future__ import annotations
 import base64
 import html
 import io
+import itertools
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from transfer import imaging
@@ -140,6 +141,17 @@ def curve_png(r: AuditReport) -> bytes | None:
     return buf.getvalue()
 
 
+def save_thumbnails(paths: list[str], folder: Path, counter: Iterator[int], width: int) -> list[Path]:
+    """Thumbnails of the first four of ``paths`` that still decode, as numbered PNGs in ``folder``."""
+    saved = []
+    for p in paths[:4]:
+        png = thumbnail_png(p)
+        if png:
+            saved.append(folder / f"{next(counter):0{width}d}.png")
+            saved[-1].write_bytes(png)
+    return saved
+
+
 def _curve_uri(r: AuditReport) -> str:
     return _data_uri(curve_png(r))
 
@@ -150,17 +162,11 @@ def _markdown(r: AuditReport, path: Path) -> None:
     out = [f"# Data audit\n\n{r.source} with {r.backbone}\n\n## Verdict\n"]
     out += [f"- {v}" for v in r.verdicts] + ["", _probe_line(r), "", "| problem | count |", "|---|---|"]
     out += [f"| {k} | {v} |" for k, v in _summary_rows(r)]
-    k = 0
+    counter = itertools.count(1)
     for title, rows in sections(r):
         out += ["", f"## {title} ({len(rows)})", ""]
         for paths, caption in rows[:MAX_SHOWN]:
-            cells = []
-            for p in paths[:4]:
-                png = thumbnail_png(p)
-                if png:
-                    k += 1
-                    (thumbs / f"{k:04d}.png").write_bytes(png)
-                    cells.append(f"![]({thumbs.name}/{k:04d}.png)")
+            cells = [f"![]({thumbs.name}/{t.name})" for t in save_thumbnails(paths, thumbs, counter, 4)]
             out.append(f"- {' '.join(cells)} {' , '.join(f'`{p}`' for p in paths)}: {caption}")
     path.write_text("\n".join(out) + "\n", encoding="utf-8")
 
