@@ -1,6 +1,7 @@
 """What the data audit and a backbone recommendation cost, against the fit they come with.
 
-Measured side by side in one run, on one dataset (default: scikit-learn's digits, ImageNet MobileNetV2 at 64 px):
+Measured side by side in one run, on one dataset (default: scikit-learn's digits, ImageNet MobileNetV2 at its own
+224 px; ``--size 64`` is the quick start's size):
 
 - the frozen-feature pass (a fresh feature cache): the fit and the audit share it;
 - one epoch of ``linear_probe`` on those cached features (Lightning, as ``transfer fit`` trains it);
@@ -10,7 +11,7 @@ Measured side by side in one run, on one dataset (default: scikit-learn's digits
 
 Goal: audit <= 2 x one cached probe epoch + the shared feature pass.
 
-    python bench/audit_speed.py [--source builtin:digits] [--size 64] [--per-class 0]
+    python bench/audit_speed.py [--source builtin:digits] [--size 0] [--per-class 0]
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ def _probe_epoch(job: object) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--source", default="builtin:digits")
-    ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--size", type=int, default=0, help="input side in px (0: the backbone's own, 224)")
     ap.add_argument("--per-class", type=int, default=0, help="images per class (0: all)")
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
@@ -61,7 +62,8 @@ def main() -> None:
     from transfer.recommend import Candidate, recommend
 
     with tempfile.TemporaryDirectory(prefix="audit-bench-") as cache:
-        sets = [f"data.image_size={args.size}", "data.num_workers=0", f"data.cache_dir={cache}"]
+        sets = [f"data.image_size={args.size}"] if args.size else []
+        sets += ["data.num_workers=0", f"data.cache_dir={cache}"]
         sets += [f"data.max_per_class={args.per_class}"] if args.per_class else []
         recipe = recipe_for(args.source, pretrained=WEIGHTS, overrides=sets)
         job = prepare(recipe, Events(None))
@@ -75,7 +77,7 @@ def main() -> None:
         t_audit = time.perf_counter() - start
         rec = recommend(recipe, [Candidate("mobilenetv2_100", WEIGHTS), Candidate("mobilenetv2_100", False)])
 
-    print(f"{args.source} at {args.size} px: {n} images, {len(report.verdicts)} verdict lines")
+    print(f"{args.source} at {job.data_config['input_size'][-1]} px: {n} images, {len(report.verdicts)} verdict lines")
     print(f"  feature pass (shared with the fit)   {t_features:8.1f} s")
     print(f"  one cached linear_probe epoch        {t_epoch:8.2f} s")
     print(f"  audit on the cached features         {t_audit:8.1f} s")

@@ -22,7 +22,9 @@ from transfer.audit.probe import fit_probe
 
 _log = logging.getLogger(__name__)
 
-FRACTIONS = (0.1, 0.2, 0.35, 0.5, 0.75, 1.0)
+# Four sizes, three draws each below the full set: measured on digits (forecast from a quarter of the training
+# images against probes on half, six draws), as close as six sizes (mean error 1.2 vs 1.6 points) in 58% of the time.
+FRACTIONS = (0.1, 0.25, 0.5, 1.0)
 REPEATS = 3
 STARVED_GAIN = 0.02  # a class whose forecast gains at least this much at twice the data is data-starved
 CLASS_CURVE_MIN_VAL = 10  # a class's own curve needs this many validation images to say anything

@@ -12,9 +12,12 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from transfer.process_state import torch_threads
+
 PROBE_L2 = 1e-2  # weight decay on standardised features; measured on digits: fewer false label suspects than 1e-3
 PROBE_STEPS = 50
 FOLDS = 5
+PROBE_THREADS = 1  # see process_state.torch_threads: small full-batch ops run faster on one thread
 
 Probe = Callable[[torch.Tensor], torch.Tensor]  # features -> class probabilities
 
@@ -37,7 +40,7 @@ def fit_probe(x: torch.Tensor, y: np.ndarray | torch.Tensor, num_classes: int, *
         loss.backward()
         return loss
 
-    with torch.enable_grad():
+    with torch.enable_grad(), torch_threads(PROBE_THREADS):
         opt.step(closure)
     w, b = weight.detach(), bias.detach()
 
