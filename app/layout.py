@@ -37,6 +37,11 @@ CSS = """
   background: var(--background-fill-secondary); border-radius: 4px; }
 .tw-grid figcaption { font-size: .85em; overflow-wrap: anywhere; }
 #try-image img { object-fit: contain !important; max-height: 320px; }
+.tw-findings figure { display: inline-flex; flex-direction: column; max-width: 480px; margin: 0 .6em .6em 0; }
+.tw-findings figure > div { display: flex; gap: 4px; }
+.tw-findings img { width: 96px; height: 96px; object-fit: contain; image-rendering: pixelated;
+  background: var(--background-fill-secondary); border-radius: 4px; }
+.tw-findings figcaption { font-size: .85em; overflow-wrap: anywhere; max-width: 400px; }
 """
 
 
@@ -53,7 +58,10 @@ def data_tab() -> dict[str, Any]:
         load_btn = gr.Button("Load data", variant="primary", elem_id="load-data")
         data_summary = gr.Markdown("No dataset loaded yet.", elem_id="data-summary")
         data_gallery = gr.HTML(elem_id="data-samples")
-        data_audit = gr.Markdown(visible=False, elem_id="data-audit")  # the data audit's findings, when it runs
+        with gr.Row():
+            audit_btn = gr.Button("Audit my data", elem_id="audit", interactive=False)
+            drop_btn = gr.Button("Drop these and use the cleaned copy", elem_id="drop-findings", interactive=False)
+        data_audit = gr.HTML(elem_id="data-audit")  # the data audit's findings (app.data_audit), once it has run
         limits_md = gr.Markdown(elem_id="limits")
     return locals()
 
@@ -64,6 +72,8 @@ def model_tab(choices: list[tuple[str, str]]) -> dict[str, Any]:
             choices, value=DEFAULT_BACKBONE, label="Backbone (★ recommended to start)", elem_id="backbone"
         )
         backbone_md = gr.Markdown(elem_id="backbone-info")
+        recommend_btn = gr.Button("Recommend a backbone (measured on my data)", elem_id="recommend", interactive=False)
+        recommend_md = gr.Markdown(elem_id="recommend-table")
         strategy = gr.Radio(list(STRATEGY_HELP), value="auto", label="Strategy", elem_id="strategy")
         strategy_md = gr.Markdown(STRATEGY_HELP["auto"])
         with gr.Row():

@@ -31,6 +31,8 @@ class Limits:
     cancel_grace_s: float = 20.0
     cache_sweep_s: int = 3600
     cache_ttl_s: int = 86_400
+    audit_max_images: int = 5000
+    recommend_budget_s: float = 180.0
 
     @property
     def upload_bytes(self) -> int:
@@ -100,4 +102,6 @@ HELP = {
     "cancel_grace_s": "after Cancel, seconds a fit has to stop before it is killed",
     "cache_sweep_s": "how often Gradio sweeps its file cache, in seconds",
     "cache_ttl_s": "age at which Gradio deletes a cached file, in seconds",
+    "audit_max_images": "most images one data audit or backbone recommendation reads",
+    "recommend_budget_s": "seconds one backbone recommendation may spend measuring candidates",
 }

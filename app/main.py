@@ -28,7 +28,7 @@ from typing import Any
 
 import gradio as gr
 
-from app import layout
+from app import data_audit, layout
 from app.layout import STRATEGY_HELP
 from app.limits import Limits
 from app.page import Page, handoff_dir, sweep_handoff
@@ -84,9 +84,10 @@ def _wire(ui: Any, page: Page, demo: gr.Blocks) -> None:
     hidden: dict[str, Any] = {"api_visibility": "undocumented", "show_progress": "hidden"}
     load_outputs = [ui.state, ui.token, ui.limits_md, ui.backbone, ui.reg_name, ui.data_summary, ui.data_gallery]
     load_outputs += [*runs, ui.try_model, ui.try_btn, *settings]
-    demo.load(page.on_page_load, [ui.token], load_outputs, api_visibility="private").then(
-        **plan, api_visibility="private"
-    ).then(page.on_backbone, [ui.backbone, ui.image_size, ui.state], ui.backbone_md, api_visibility="private")
+    loaded = demo.load(page.on_page_load, [ui.token], load_outputs, api_visibility="private")
+    loaded.then(**plan, api_visibility="private").then(
+        page.on_backbone, [ui.backbone, ui.image_size, ui.state], ui.backbone_md, api_visibility="private"
+    )
     demo.unload(page.on_page_unload)
 
     # One source at a time: choosing one clears the others, so Load never picks a source the visitor left behind.
@@ -94,9 +95,11 @@ def _wire(ui: Any, page: Page, demo: gr.Blocks) -> None:
     ui.images.upload(lambda: (None, None), None, [ui.data_zip, ui.builtin], **hidden)
     ui.builtin.input(lambda: (None, None), None, [ui.data_zip, ui.images], **hidden)
     data_in = [ui.data_zip, ui.images, ui.labels, ui.builtin, ui.state]
-    ui.load_btn.click(
+    data_loaded = ui.load_btn.click(
         page.on_load_data, data_in, [ui.state, ui.data_summary, ui.data_gallery], api_name="load_data"
-    ).then(**plan, **hidden)
+    )
+    data_loaded.then(**plan, **hidden)
+    data_audit.wire(ui, data_audit.DataChecks(page), settings, plan, [loaded, data_loaded])
     gr.on(
         [ui.strategy.change, ui.epochs.change, ui.image_size.change, ui.use_pretrained.change],
         **plan,

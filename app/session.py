@@ -213,6 +213,17 @@ class Session:
         except UserError as exc:
             raise UserError(_in_words(exc, {str(folder): f"builtin:{key}"}, self.root)) from None
 
+    def use_split(self, folder: Path, label: str) -> Dataset:
+        """Use a folder laid out as ``train/<class>/`` and ``val/<class>/`` (the audit's cleaned copy): the next
+        training keeps that split."""
+        train = scan_folder(folder / "train")
+        val = scan_folder(folder / "val", classes=train.classes)
+        result = ScanResult(train.classes, train.samples + val.samples, train.skipped + val.skipped)
+        summary, samples = summarize(result, label)
+        dataset = Dataset(str(folder), label, len(result.samples), result.classes, summary, samples)
+        self._update(dataset=asdict(dataset))
+        return dataset
+
     def _use(self, folder: Path, source: str, label: str) -> Dataset:
         result = scan_folder(folder)
         summary, samples = summarize(result, label)

@@ -30,3 +30,14 @@ def app_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[App]:
     """`transfer app` on a free port of 127.0.0.1 under nohup with SIGINT ignored, stopped after the tests."""
     with serve_app(tmp_path_factory.mktemp("app"), free_port()) as app:
         yield app
+
+
+@pytest.fixture(scope="session")
+def flawed_digits_zip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The digits zip with two planted problems: a digit_0 picture copied into digit_1 (an exact duplicate with a
+    conflicting label) and an unreadable file."""
+    root = digits_folder(tmp_path_factory.mktemp("flawed") / "digits")
+    first = sorted((root / "digit_0").glob("*.png"))[0]
+    (root / "digit_1" / f"copy_of_{first.name}").write_bytes(first.read_bytes())
+    (root / "digit_7" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really a png")
+    return zip_tree(root, root.parent / "flawed.zip")
