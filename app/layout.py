@@ -1,8 +1,9 @@
 """The page's components, one builder per tab, and its stylesheet; each builder returns its components by name (the
 handlers live in :mod:`app.page`, the wiring in :mod:`app.main`).
 
-Places are kept for what later fits will log: the data audit's findings (Data tab), the reliability diagram
-(Evaluate) and the model card (Deploy) stay hidden until a run has them.
+Places are kept for what later fits will log: the reliability diagram (Evaluate) and the model card (Deploy) stay
+hidden until a run has them; the data audit's findings (Data tab) and the backbone ranking (Model tab) are empty until
+the visitor asks for them (:mod:`app.data_audit`).
 """
 
 from __future__ import annotations
@@ -37,11 +38,12 @@ CSS = """
   background: var(--background-fill-secondary); border-radius: 4px; }
 .tw-grid figcaption { font-size: .85em; overflow-wrap: anywhere; }
 #try-image img { object-fit: contain !important; max-height: 320px; }
-.tw-findings figure { display: inline-flex; flex-direction: column; max-width: 480px; margin: 0 .6em .6em 0; }
+.tw-findings figure { display: inline-flex; flex-direction: column; vertical-align: top; width: min-content;
+  min-width: 200px; margin: 0 .6em .6em 0; }
 .tw-findings figure > div { display: flex; gap: 4px; }
 .tw-findings img { width: 96px; height: 96px; object-fit: contain; image-rendering: pixelated;
   background: var(--background-fill-secondary); border-radius: 4px; }
-.tw-findings figcaption { font-size: .85em; overflow-wrap: anywhere; max-width: 400px; }
+.tw-findings figcaption { font-size: .85em; overflow-wrap: anywhere; }
 """
 
 

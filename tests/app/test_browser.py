@@ -332,3 +332,24 @@ def test_on_a_phone_every_tab_is_reachable_and_the_backbone_readable(app_server:
         shot(page, "phone-model.png")
     name, needed, room = fits
     assert "mobilenetv2_100" in name and needed < room, fits
+
+
+# ------------------------------------------------------------------------------------------------ issue 16
+def test_the_data_tab_shows_the_audit_with_thumbnails(app_server: App, flawed_digits_zip: Path, tmp_path: Path) -> None:
+    """Digits with a planted duplicate and an unreadable file: Audit shows the findings with their thumbnails."""
+    with browser() as page:
+        page.goto(app_server.url)
+        _upload_zip(page, flawed_digits_zip)
+        page.locator("#data-summary").get_by_text("49 images in 3 classes").wait_for(timeout=60_000)
+        _model(page, "linear_probe", epochs=1, size=64)
+        page.get_by_role("tab", name="1 Data").click()
+        page.locator("#audit:enabled").click()
+        thumbs = page.locator('#data-audit .tw-findings img[src^="data:image/png;base64,"]')
+        thumbs.first.wait_for(timeout=180_000)
+        seen = {"thumbs": thumbs.count(), "verdicts": page.locator("#data-audit .tw-verdicts").inner_text()}
+        seen["drop"] = page.locator("#drop-findings").is_enabled()
+        path = tmp_path / "data-audit.png"
+        page.screenshot(path=str(path), full_page=True)
+        print(f"screenshot of the audit: {path}")
+    assert seen["thumbs"] >= 2 and "exact duplicates" in seen["verdicts"] and "unreadable" in seen["verdicts"]
+    assert seen["drop"]

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from app.data_audit import DataChecks
+from app.data_audit import ANALYSIS, DataChecks
 from app.limits import Limits
 from app.main import build_page
 from app.page import Page
@@ -41,8 +41,10 @@ def _by_id(out: dict) -> dict[str, Any]:
 def _walk(tmp: Path, flawed_zip: Path) -> dict[str, Any]:
     """Alice loads the flawed digits, audits, asks for a backbone (from resnet18), drops the findings; Bob loads the
     same zip and looks for findings; Carol audits on a page that allows 10 images."""
-    _, page = build_page(tmp / "base", tracking_uri=f"sqlite:///{tmp / 'mlflow.db'}")
+    demo, page = build_page(tmp / "base", tracking_uri=f"sqlite:///{tmp / 'mlflow.db'}")
     checks, seen = DataChecks(page), {}
+    queues = {f.api_name: [f.concurrency_id, f.concurrency_limit] for f in demo.fns.values()}
+    seen["queues"] = {name: queues[name] for name in ("audit", "recommend")}
     alice, bob, carol = _request("alice"), _request("bob"), _request("carol")
     conn = page.on_load_data(str(flawed_zip), None, "", None, None, alice)[page.ui.state]
     s = page.session(conn)
@@ -131,3 +133,7 @@ def test_a_second_visitor_cannot_see_or_drop_the_first_visitors_findings(journey
 def test_an_audit_over_the_image_limit_is_one_line(journey: dict[str, Any]) -> None:
     said = journey["over_limit"]
     assert "49 images is over the 10-image limit" in said and "At most this many images per class" in said
+
+
+def test_audits_and_recommendations_run_one_at_a_time_on_the_server(journey: dict[str, Any]) -> None:
+    assert journey["queues"] == {"audit": [ANALYSIS, 1], "recommend": [ANALYSIS, 1]}
