@@ -31,7 +31,7 @@ class Limits:
     cancel_grace_s: float = 20.0
     cache_sweep_s: int = 3600
     cache_ttl_s: int = 86_400
-    audit_max_images: int = 5000
+    audit_max_images: int = 3000
     recommend_budget_s: float = 180.0
 
     @property

@@ -18,8 +18,10 @@ import pytest
 from app.data_audit import ANALYSIS, DataChecks
 from app.limits import Limits
 from app.main import build_page
-from app.page import Page
+from app.page import Page, Settings
 from tests.helpers import session_dir
+from transfer.job import dataset_index
+from transfer.recipe import load_recipe
 
 # backbone, strategy, epochs, image size, lr, pretrained, batch, augment, optimizer, val fraction, max per class
 SETTINGS = ("mobilenetv2_100", "linear_probe", 1, 64, "1e-3", True, 16, "none", "adamw", 0.25, 0)
@@ -57,6 +59,9 @@ def _walk(tmp: Path, flawed_zip: Path) -> dict[str, Any]:
     seen["upload_after"] = _digests(upload)
     seen["dataset"], seen["root"] = asdict(s.dataset), str(s.root)
     seen["plan"] = page.on_plan(conn, *SETTINGS, request=alice)[page.ui.train_plan]
+    run = s.new_run(Settings.of(*SETTINGS).recipe(False, page.store.uri), {})  # what Train would write now
+    index = dataset_index(load_recipe(str(run.recipe_path)))
+    seen["next_fit"] = {split: [Path(p).name for p, _ in getattr(index, split)] for split in ("train", "val")}
     other = page.on_load_data(str(flawed_zip), None, "", None, None, bob)[page.ui.state]
     seen["bob_show"] = _by_id(checks.on_show(other, request=bob))
     seen["bob_drop"] = _by_id(checks.on_drop(other, request=bob))
@@ -123,6 +128,12 @@ def test_drop_uses_the_cleaned_copy_and_says_what_it_left_out(journey: dict[str,
     assert dataset.images == 48 and dataset.label.endswith("cleaned") and "48 images" in journey["drop"]["data-summary"]
     assert Path(dataset.source).is_relative_to(Path(journey["root"]) / "uploads")
     assert "cleaned" in journey["plan"]  # the next training says it uses the cleaned copy
+
+
+def test_the_next_training_reads_the_cleaned_copy(journey: dict[str, Any]) -> None:
+    fit = journey["next_fit"]
+    assert len(fit["train"]) + len(fit["val"]) == 48 and "broken.png" not in fit["train"] + fit["val"]
+    assert ("copy_of_0.png" in fit["train"] + fit["val"]) != ("0.png" in fit["train"] + fit["val"])  # one copy left
 
 
 def test_a_second_visitor_cannot_see_or_drop_the_first_visitors_findings(journey: dict[str, Any]) -> None:
