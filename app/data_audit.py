@@ -181,6 +181,8 @@ class DataChecks:
         dataset, saved = s.dataset, read_json(s.root / AUDIT_FILE)
         if dataset is None or saved.get("source") != dataset.source:
             raise UserError("no audit of the loaded data to act on: click “Audit my data” first")
+        if not saved["drops"]:
+            raise UserError("nothing to drop: the audit found no leak, duplicate, unreadable file or outlier")
         index = dataset_index(load_recipe(saved["recipe"]))
         if index.fingerprint() != saved["fingerprint"]:
             raise UserError("the data changed since its audit: click “Audit my data” again first")
