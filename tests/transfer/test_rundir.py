@@ -51,16 +51,22 @@ def _files(folder: Path) -> dict[str, int]:
 def test_second_fit_stops_at_once_and_a_killed_fit_is_recovered_and_resumed(workdir):
     recipe = write_recipe(
         workdir,
-        # Long enough to be still training when the second fit has started and given up (a python start each).
-        data={"max_per_class": 30, "image_size": 96, "augment": "none", "audit": "off"},
+        data={"max_per_class": 20, "image_size": 64, "augment": "none", "audit": "off"},
         strategy={"name": "full"},
-        trainer={"max_epochs": 12},
+        trainer={"max_epochs": 4},
     )
     rd = RunDir.for_recipe(load_recipe(recipe))
     first = _spawn(recipe, workdir)
     try:
-        _wait(lambda: rd.read().get("status") == RUNNING, first, workdir / "first.log")
-        time.sleep(2)
+        # The second epoch has begun: the first one's checkpoint is complete.
+        _wait(
+            lambda: any(e["event"] == "step" and e["epoch"] >= 1 for e in read_events(rd.events)),
+            first,
+            workdir / "first.log",
+        )
+        # Paused, not finished: it holds the run as a slow fit would while the second one starts (a python start).
+        os.killpg(first.pid, signal.SIGSTOP)
+        assert rd.read().get("status") == RUNNING, (workdir / "first.log").read_text()[-3000:]
         before, run_id = _files(rd.path), rd.read()["run_id"]
         second = subprocess.run(
             [sys.executable, "-m", "transfer", "fit", str(recipe)], cwd=workdir, capture_output=True, text=True
@@ -72,7 +78,6 @@ def test_second_fit_stops_at_once_and_a_killed_fit_is_recovered_and_resumed(work
         # Nothing of the first fit's was touched: every file is still there and the run is still the same.
         assert set(before) <= set(_files(rd.path)) and rd.read()["run_id"] == run_id
         assert first.poll() is None
-        _wait(lambda: any(e["event"] == "epoch" for e in read_events(rd.events)), first, workdir / "first.log")
     finally:
         os.killpg(first.pid, signal.SIGKILL)  # as the OOM killer would: no chance to clean up
         first.wait(30)
@@ -91,7 +96,7 @@ def test_second_fit_stops_at_once_and_a_killed_fit_is_recovered_and_resumed(work
     assert result.run_id == run_id and rd.read()["status"] == FINISHED
     assert client.get_run(run_id).info.status == "FINISHED"
     steps = sorted(m.step for m in client.get_metric_history(run_id, "val_acc"))
-    assert steps == list(range(12))
+    assert steps == list(range(4))
 
 
 def _interrupted(path: Path, run_id: str = "r1") -> RunDir:
