@@ -99,8 +99,8 @@ class TorchEngine:
         return False
 
     @torch.inference_mode()
-    def run(self, batch: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-        x = batch.to(self.device)
+    def run(self, batch: torch.Tensor | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        x = torch.as_tensor(batch).to(self.device)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         logits, feats = self.net(x)
@@ -122,8 +122,8 @@ class OnnxEngine:
         self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name
 
-    def run(self, batch: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-        x = np.ascontiguousarray(batch.detach().cpu().numpy(), dtype=np.float32)
+    def run(self, batch: torch.Tensor | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        x = np.ascontiguousarray(batch, dtype=np.float32)  # a CPU tensor or an array, without a copy when it can
         logits, feats = self.session.run(None, {self.input_name: x})[:2]
         return logits, feats
 
