@@ -393,3 +393,11 @@ def lenet_mnist_weights(path: Path, epochs: int = 2, seed: int = 0) -> Path:
             opt.step()
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
     return path
+
+
+def leaky_digits_folder(root: Path) -> Path:
+    """Real digits in train/ and val/ folders (3 classes, 20 training images each) whose validation images are the
+    first 4 of each class: 12 copies of training images (a leak the audit finds)."""
+    digits_folder(root / "train", per_class=20)
+    digits_folder(root / "val", classes=(0, 1, 7), per_class=4)
+    return root

@@ -1,6 +1,7 @@
 """The model card: registered with every version (its description), holding the numbers the fit measured.
 
-Read back through ``MlflowClient`` from the digits model (``tests.helpers.digits_model``).
+Read back through ``MlflowClient`` from the digits model (``tests.helpers.digits_model``), and from a quick fit on
+digits whose validation folder copies training images (the fit-time audit's findings).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import digits_model
+from tests.helpers import digits_model, leaky_digits_folder, shared_fit
 from transfer.deploy.registry import register
 from transfer.tracking import TrackingStore
 
@@ -61,3 +62,28 @@ def test_registering_a_logged_model_again_carries_its_card(fitted: dict, card: s
     store = TrackingStore(fitted["tracking_uri"])
     version, _ = register(store, fitted["model_uri"], "digits-trust-copy", alias=None)
     assert store.client.get_model_version("digits-trust-copy", str(version)).description == card
+
+
+def test_card_carries_the_fit_time_audit_findings(tmp_path_factory) -> None:
+    leaky = shared_fit(
+        tmp_path_factory,
+        "leaky-digits",
+        data={"source": str(leaky_digits_folder(tmp_path_factory.getbasetemp() / "leaky-digits"))},
+        strategy={"name": "linear_probe"},
+        tracking={"register_as": "leaky-digits"},
+        deploy={"runtime": "torch", "ood": "off"},
+    )
+    client = TrackingStore(leaky["tracking_uri"]).client
+    card = client.get_model_version_by_alias("leaky-digits", "champion").description
+    audit = client.get_run(leaky["run_id"]).data.metrics
+    expected = [
+        f"leaks {audit['audit_leaks']:g}, ",
+        f"exact duplicates {audit['audit_exact_duplicates']:g}, ",
+        f"label issues {audit['audit_label_issues']:g}, ",
+        f"outliers {audit['audit_outliers']:g}, ",
+        f"unreadable {audit['audit_unreadable']:g}",
+        "  - leakage: 12 validation images are copies of training images",
+        "  - exact duplicates: remove these 12 extra copies",
+    ]
+    missing = [e for e in expected if e not in card]
+    assert audit["audit_leaks"] == 12 and not missing, (missing, card)

@@ -12,6 +12,8 @@ from typing import Any
 MAX_CHARS = 5000  # the registry's description column (MLflow's SQL stores: VARCHAR(5000))
 CARD_FILE = "model_card.md"
 _MAX_CLASSES_LISTED = 30
+_MAX_VERDICTS = 8  # the audit's verdict lines the card repeats (the run's audit/report.html has them all)
+_MAX_VERDICT_CHARS = 300
 
 
 def _num(x: Any, fmt: str = ".3f") -> str:
@@ -36,7 +38,22 @@ def _data(f: dict[str, Any]) -> list[str]:
         lines.append(f"- Imbalanced: the largest class has {max(train)} training images, the smallest {min(train)}")
     skipped = f.get("skipped") or []
     if skipped:
-        lines.append(f"- Audit: {len(skipped)} file(s) skipped as unreadable, e.g. {skipped[0]}")
+        lines.append(f"- {len(skipped)} file(s) skipped as unreadable, e.g. {skipped[0]}")
+    return lines + _audit(f.get("audit"))
+
+
+def _audit(audit: dict[str, Any] | None) -> list[str]:
+    """The fit-time audit's counts and verdict lines (``facts["audit"]``: ``counts``, ``verdicts``)."""
+    if not audit:
+        return ["- Audit: none ran with this fit (`data.audit: off`, or the model was not logged by a fit)"]
+    counts = ", ".join(f"{k.replace('_', ' ')} {_num(v, 'g')}" for k, v in audit.get("counts", {}).items())
+    verdicts = audit.get("verdicts") or []
+    lines = [f"- Audit at fit time ({counts}): " + ("findings below" if verdicts else "no problem found")]
+    for line in verdicts[:_MAX_VERDICTS]:
+        clipped = line if len(line) <= _MAX_VERDICT_CHARS else line[: _MAX_VERDICT_CHARS - 3] + "..."
+        lines.append(f"  - {clipped}")
+    if len(verdicts) > _MAX_VERDICTS:
+        lines.append(f"  - and {len(verdicts) - _MAX_VERDICTS} more in the run's audit/report.html")
     return lines
 
 
@@ -128,7 +145,8 @@ def model_card(
 
     Args:
         name: the model's name (registered name, else the backbone).
-        facts: :attr:`transfer.deploy.package.Deployment.facts`.
+        facts: :attr:`transfer.deploy.package.Deployment.facts`, with ``audit`` (what the fit-time audit found:
+            ``counts`` and ``verdicts``) when the fit ran one.
         metrics: the validation metrics and the deployment's metrics.
         config: the model config (temperature, ood, runtime, precision).
         latency: what :func:`transfer.deploy.registry.measure_latency` measured.

@@ -40,6 +40,9 @@ PROMOTE_METRIC = "val_acc"
 PROMOTE_POLICIES = ("always", "if_better")
 OWNER_TAG = "transfer.owner"
 _PYFUNC_MODEL_FILE = Path(__file__).with_name("pyfunc_model.py")
+# What the fit-time audit logs in the fit's run (transfer.audit.fit): its metrics' prefix and its JSON report.
+AUDIT_METRIC_PREFIX = "audit_"
+AUDIT_REPORT = "audit/audit.json"
 
 
 @dataclass
@@ -231,13 +234,31 @@ def _log_deployment(
 
     latency = measure_latency(artifacts)
     timed = {k: v for k, v in latency.items() if isinstance(v, float)}
-    card = model_card(name, d.facts, {**metrics, **timed}, json.loads(Path(artifacts["config"]).read_text()), latency)
+    facts = {**d.facts, "audit": audit_findings(store, run_id)}
+    card = model_card(name, facts, {**metrics, **timed}, json.loads(Path(artifacts["config"]).read_text()), latency)
     logged = [Metric(k, float(v), 0, 0) for k, v in {**d.metrics, **timed}.items() if v == v]  # NaN: not measured
     store.client.log_batch(run_id, metrics=logged)
     for path, file in d.plots.items():
         store.client.log_artifact(run_id, str(file), str(Path(path).parent) if "/" in path else None)
     store.client.log_text(run_id, card, CARD_FILE)
     return card
+
+
+def audit_findings(store: TrackingStore, run_id: str) -> dict[str, Any] | None:
+    """What the fit-time audit (:mod:`transfer.audit.fit`) logged in ``run_id``: its ``audit_*`` metrics as
+    ``counts`` (name without the prefix -> value) and the verdict lines of its ``audit/audit.json``; None when the
+    run has no audit."""
+    metrics = store.client.get_run(run_id).data.metrics
+    counts = {
+        k.removeprefix(AUDIT_METRIC_PREFIX): v for k, v in sorted(metrics.items()) if k.startswith(AUDIT_METRIC_PREFIX)
+    }
+    if not counts:
+        return None
+    verdicts: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="transfer-audit-") as tmp, contextlib.suppress(Exception):
+        report = json.loads(Path(store.client.download_artifacts(run_id, AUDIT_REPORT, tmp)).read_text("utf-8"))
+        verdicts = [str(v) for v in report.get("verdicts") or []]
+    return {"counts": counts, "verdicts": verdicts}
 
 
 def measure_latency(artifacts: dict[str, str], rounds: int = 5) -> dict[str, Any]:
