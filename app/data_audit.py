@@ -113,7 +113,7 @@ class DataChecks:
             label = Candidate(settings.backbone, pretrained).label
             saved = self._audit(s, self._recipe(s, settings, pretrained), label)
         except UserError as exc:
-            return {ui.data_audit: message_html(self.page._words(exc)), ui.drop_btn: gr.update(interactive=False)}
+            return {ui.data_audit: message_html(self.page.words(exc)), ui.drop_btn: gr.update(interactive=False)}
         return {ui.data_audit: saved["html"], ui.drop_btn: gr.update(interactive=bool(saved["drops"]))}
 
     def _audit(self, s: Session, recipe: dict[str, Any], backbone: str) -> dict[str, Any]:
@@ -169,9 +169,9 @@ class DataChecks:
         try:
             dataset, message = self._drop(s)
         except UserError as exc:
-            return {ui.data_audit: message_html(self.page._words(exc))}
+            return {ui.data_audit: message_html(self.page.words(exc))}
         out = {ui.data_audit: message_html(message), ui.drop_btn: gr.update(interactive=False)}
-        return self.page._dataset_outputs(dataset) | out
+        return self.page.dataset_outputs(dataset) | out
 
     def _drop(self, s: Session) -> tuple[Any, str]:
         from transfer.audit.clean import write_cleaned_copy
@@ -216,7 +216,7 @@ class DataChecks:
                 raise UserError("no backbone offered here has its weights on this server; upload a weights file")
             rec = recommend(load_recipe(self._recipe(s, settings, False)), found, self.page.limits.recommend_budget_s)
         except UserError as exc:
-            return {ui.recommend_md: self.page._words(exc)}
+            return {ui.recommend_md: self.page.words(exc)}
         out = {ui.recommend_md: scrub(recommendation_md(rec), self._hide(s))}
         best = rec.best
         if best is not None:

@@ -143,7 +143,8 @@ class Page:
     def session(self, conn: Conn) -> Session:
         return Session.open(self.base, conn.visitor, self.limits)
 
-    def _words(self, exc: Exception) -> str:
+    def words(self, exc: Exception) -> str:
+        """An error as the visitor reads it: one line, with no server path in it."""
         return f"❌ {scrub(str(exc), [self.base])}"
 
     # -- page load and unload -----------------------------------------------------------------------------------
@@ -160,7 +161,7 @@ class Page:
             ui.backbone: gr.update(choices=self.backbones.choices()),
             ui.reg_name: conn.visitor.suggested_model_name,
         }
-        out |= self._dataset_outputs(s.dataset)
+        out |= self.dataset_outputs(s.dataset)
         out |= self._settings_outputs(s)
         out |= self._run_outputs(conn, s, full=True)
         out |= self._model_outputs(conn)
@@ -196,12 +197,13 @@ class Page:
                 s.clear_dataset()
                 raise UserError("upload a zip, drop images with labels, or pick a built-in dataset")
         except UserError as exc:
-            out = self._dataset_outputs(None, self._words(exc))
+            out = self.dataset_outputs(None, self.words(exc))
         else:
-            out = self._dataset_outputs(dataset)
+            out = self.dataset_outputs(dataset)
         return {self.ui.state: conn, **out}
 
-    def _dataset_outputs(self, dataset: Dataset | None, message: str | None = None) -> dict:
+    def dataset_outputs(self, dataset: Dataset | None, message: str | None = None) -> dict:
+        """The Data tab's summary, samples and the Train button for ``dataset`` (None: nothing loaded)."""
         ui = self.ui
         if dataset is None:
             text = message or "No dataset loaded yet."
@@ -240,7 +242,7 @@ class Page:
         try:
             settings = Settings.of(bb, strat, ep, size, lr, pre, bs, aug, opt, vs, mpc)
         except UserError as exc:
-            return {self.ui.train_plan: f"⚠️ {self._words(exc)}", self.ui.train_btn: gr.update(interactive=False)}
+            return {self.ui.train_plan: f"⚠️ {self.words(exc)}", self.ui.train_btn: gr.update(interactive=False)}
         return self._plan_outputs(conn, self.session(conn), settings)
 
     def _plan_outputs(self, conn: Conn, s: Session, settings: Settings) -> dict:
@@ -295,7 +297,7 @@ class Page:
                 raise
             s.open_run(run.name)
         except UserError as exc:
-            return {self.ui.state: conn, self.ui.progress: message_html(self._words(exc))}
+            return {self.ui.state: conn, self.ui.progress: message_html(self.words(exc))}
         conn.sent.clear()
         out = {self.ui.state: conn, **self._run_outputs(conn, s, full=True), **self._plan_outputs(conn, s, settings)}
         return out | self._eval_placeholder(f"Run `{run.name}` is training; its evaluation appears here when it ends.")
@@ -345,7 +347,7 @@ class Page:
                 raise UserError("nothing to resume: the current run has no interrupted training with a checkpoint")
             self.supervisor.start(conn.visitor.owner, run, resume=True)
         except UserError as exc:
-            return {self.ui.progress: message_html(self._words(exc))}
+            return {self.ui.progress: message_html(self.words(exc))}
         return self._run_outputs(conn, s, full=True)
 
     def _resumable(self, run: RunFolder) -> bool:
@@ -366,7 +368,7 @@ class Page:
         try:
             s.open_run(name or "")
         except UserError as exc:
-            return {self.ui.run_md: self._words(exc)}
+            return {self.ui.run_md: self.words(exc)}
         conn.sent.clear()
         return self._run_outputs(conn, s, full=True)
 
@@ -453,7 +455,7 @@ class Page:
         try:
             e = ev.evaluate_run(run, self.store)
         except UserError as exc:
-            return self._eval_placeholder(self._words(exc))
+            return self._eval_placeholder(self.words(exc))
         thumbs = [(img, caption) for p, caption in e.mistakes if (img := ev.open_image(p)) is not None]
         card = ev.model_card(run, self.store)
         return {
@@ -479,7 +481,7 @@ class Page:
                 run, self.store, safe_name(name, "my-classifier"), safe_name(alias, "champion"), owner, if_better
             )
         except UserError as exc:
-            text = self._words(exc)
+            text = self.words(exc)
         return {self.ui.state: conn, self.ui.deploy_md: text, **self._model_outputs(conn)}
 
     def _model_outputs(self, conn: Conn) -> dict:
@@ -501,7 +503,7 @@ class Page:
         try:
             out = export_model(result["model_uri"], "onnx", str(run.path / "model.onnx"), self.store)
         except UserError as exc:
-            raise gr.Error(self._words(exc)) from exc
+            raise gr.Error(self.words(exc)) from exc
         return self._handoff(Path(out))
 
     def on_try(self, image_path: str | None, choice: str | None, st, request: gr.Request) -> dict:
@@ -512,5 +514,5 @@ class Page:
         try:
             scores, note = ev.classify(self.store, conn.visitor.owner, image_path, choice or "")
         except UserError as exc:
-            return {ui.state: conn, ui.try_label: None, ui.try_md: self._words(exc)}
+            return {ui.state: conn, ui.try_label: None, ui.try_md: self.words(exc)}
         return {ui.state: conn, ui.try_label: scores, ui.try_md: note}
