@@ -50,7 +50,9 @@ def _forecast(report: AuditReport) -> str:
     img = f'<img class="tw-curve" src="data:image/png;base64,{base64.b64encode(png).decode()}" alt="learning curve">'
     starved = c.get("data_starved") or []
     words = (
-        f"Expected accuracy at 2x the data ({c['forecast_size']} training images): about "
+        f"No forecast: {c['no_forecast']}."
+        if c.get("forecast_accuracy") is None
+        else f"Expected accuracy at 2x the data ({c['forecast_size']} training images): about "
         f"{c['forecast_accuracy']:.1%} (now about {c['fitted_accuracy']:.1%}, a linear probe's power-law fit). "
         + (f"Data-starved classes: {', '.join(starved)}." if starved else "No class is data-starved.")
     )

@@ -95,10 +95,11 @@ def test_the_audit_shows_each_finding_with_thumbnails(journey: dict[str, Any]) -
     assert journey["audit"]["drop-findings"]["interactive"] is True
 
 
-def test_the_audit_shows_the_learning_curve_and_forecast(journey: dict[str, Any]) -> None:
+def test_the_audit_shows_the_learning_curve_and_no_forecast_from_a_few_validation_images(
+    journey: dict[str, Any],
+) -> None:
     shown = journey["audit"]["data-audit"]
-    assert 'alt="learning curve"' in shown and "Expected accuracy at 2x the data" in shown
-    assert "data-starved" in shown
+    assert 'alt="learning curve"' in shown and "No forecast: too few validation images" in shown
 
 
 def test_the_audit_shows_no_server_path(journey: dict[str, Any]) -> None:

@@ -158,6 +158,27 @@ def test_learning_curve_forecast_from_a_quarter_predicts_half(planted):
     assert abs(predicted - at_half) <= 0.03
 
 
+def test_the_full_audit_forecasts_and_says_so(planted):
+    _, _, report, _ = planted
+    assert report.learning_curve["forecast_accuracy"] > report.learning_curve["accuracy"][0]
+    assert any(v.startswith("more data: twice the images") for v in report.verdicts)
+
+
+def test_no_forecast_from_a_few_validation_images(planted):
+    """30 validation images: every point of the curve is +-15 points; the audit says why it gives no forecast."""
+    from transfer.audit.curves import measure
+    from transfer.audit.findings import AuditReport, verdicts
+
+    _, _, _, job = planted
+    feats = job.features(per_stage=False)
+    y = {s: np.array([lab for _, lab in getattr(job.index, s)]) for s in ("train", "val")}
+    x = {s: feats[s]["pre_logits"] for s in y}
+    curve = measure(x["train"], y["train"], x["val"][:30], y["val"][:30], job.index.classes, seed=0).to_dict()
+    assert curve["forecast_accuracy"] is None and "too few validation images (30" in curve["no_forecast"]
+    lines = verdicts(AuditReport("x", "y", classes={}, split_counts={}, learning_curve=curve))
+    assert lines == ["more data: no forecast: " + curve["no_forecast"]]
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # The command line and the fit
 

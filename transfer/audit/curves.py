@@ -28,6 +28,11 @@ FRACTIONS = (0.1, 0.25, 0.5, 1.0)
 REPEATS = 3
 STARVED_GAIN = 0.02  # a class whose forecast gains at least this much at twice the data is data-starved
 CLASS_CURVE_MIN_VAL = 10  # a class's own curve needs this many validation images to say anything
+# No forecast below this many validation images: each point's 95% interval is then wider than +-13 points.
+FORECAST_MIN_VAL = 50
+# ...nor when the fitted law misses the accuracy measured on all the training images by more than this: the curve
+# is noise (a few validation images, or a probe that jumps between sizes), and a forecast from it would not be.
+FORECAST_MAX_MISS = 0.03
 
 
 def power_law(n: np.ndarray, a: float, b: float, c: float) -> np.ndarray:
@@ -108,7 +113,20 @@ def measure(
     by_class = {classes[i]: np.round(per_class[:, i], 4).tolist() for i in measured}
     curve = LearningCurve(sizes, [round(a, 4) for a in acc], by_class)
     curve.forecast = forecast(curve, 2 * sizes[-1])
+    why_not = _no_forecast(curve, len(val_y))
+    if why_not:
+        curve.forecast.update(forecast_accuracy=None, forecast_gain=None, data_starved=[], no_forecast=why_not)
     return curve
+
+
+def _no_forecast(curve: LearningCurve, n_val: int) -> str | None:
+    """Why the curve cannot honestly forecast (None: it can)."""
+    if n_val < FORECAST_MIN_VAL:
+        return f"too few validation images ({n_val}; a forecast needs {FORECAST_MIN_VAL})"
+    miss = abs(curve.forecast["fitted_accuracy"] - curve.accuracy[-1])
+    if miss > FORECAST_MAX_MISS:
+        return f"the learning curve is too uneven to extrapolate (the fitted law misses today's accuracy by {miss:.1%})"
+    return None
 
 
 def forecast(curve: LearningCurve, n: int) -> dict[str, Any]:
@@ -142,9 +160,10 @@ def plot(curve: LearningCurve, path: Path | IO[bytes]) -> Path | IO[bytes]:
     fig = Figure(figsize=(6, 4), dpi=100)
     ax = fig.subplots()
     ax.plot(sizes, curve.accuracy, "o", label="linear probe (validation)")
-    grid = np.linspace(sizes[0], 2 * sizes[-1], 100)
-    ax.plot(grid, 1.0 - power_law(grid, *fit_power_law(sizes, 1.0 - np.array(curve.accuracy))), "-", label="power law")
-    if curve.forecast:
+    if curve.forecast.get("forecast_accuracy") is not None:  # no law drawn through a curve too noisy to forecast
+        grid = np.linspace(sizes[0], 2 * sizes[-1], 100)
+        law = 1.0 - power_law(grid, *fit_power_law(sizes, 1.0 - np.array(curve.accuracy)))
+        ax.plot(grid, law, "-", label="power law")
         ax.plot([curve.forecast["forecast_size"]], [curve.forecast["forecast_accuracy"]], "s", label="forecast at 2x")
     ax.set_xlabel("training images")
     ax.set_ylabel("accuracy")

@@ -174,4 +174,6 @@ def verdicts(r: AuditReport) -> list[str]:
             "its learning curve)"
             + (f"; most gain from more images of {', '.join(map(repr, starved[:5]))}" if starved else "")
         )
+    elif curve.get("no_forecast"):
+        out.append(f"more data: no forecast: {curve['no_forecast']}")
     return out

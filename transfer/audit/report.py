@@ -136,7 +136,7 @@ def curve_png(r: AuditReport) -> bytes | None:
     if not c.get("sizes"):
         return None
     buf = io.BytesIO()
-    point = {k: c[k] for k in ("forecast_size", "forecast_accuracy")}
+    point = {k: c.get(k) for k in ("forecast_size", "forecast_accuracy")}
     plot(LearningCurve(c["sizes"], c["accuracy"], c["per_class"], point), buf)
     return buf.getvalue()
 
