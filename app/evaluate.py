@@ -20,6 +20,7 @@ import pandas as pd
 from PIL import Image
 
 from app.runs import RunFolder
+from transfer.deploy.package import RELIABILITY_PNG
 from transfer.deploy.registry import OWNER_TAG
 from transfer.errors import UserError
 from transfer.imaging import ImageInputError, load_file
@@ -30,7 +31,6 @@ _log = logging.getLogger(__name__)
 MAX_MISTAKES = 12
 EVAL_DIR = "evaluation"
 # Run artifacts the page shows when a fit logged them (calibration and model cards come from the fit, not the page).
-RELIABILITY_HINT = "reliability"
 MODEL_CARD_HINT = "model_card"
 
 
@@ -54,8 +54,12 @@ def _val_images(run: RunFolder) -> tuple[list[str], list[str]]:
     return [p for p, _ in index.val], [index.classes[y] for _, y in index.val]
 
 
-def _artifact(store: TrackingStore, run_id: str, hint: str, suffix: str, dest: Path) -> str | None:
-    names = [a.path for a in store.client.list_artifacts(run_id)]
+def _artifact(
+    store: TrackingStore, run_id: str, hint: str, suffix: str, dest: Path, under: str | None = None
+) -> str | None:
+    """The first artifact of the run in folder ``under`` (top level: None) whose name holds ``hint`` and ends with
+    ``suffix``, downloaded into ``dest``; None when there is none."""
+    names = [a.path for a in store.client.list_artifacts(run_id, under)]
     found = next((n for n in names if n.endswith(suffix) and hint in n), None)
     if found is None:
         return None
@@ -123,7 +127,9 @@ def _compute(run: RunFolder, result: dict[str, Any], store: TrackingStore, folde
     mistakes = [(r.path, f"{r.true} → {r.label} ({r.score:.2f})") for r in wrong.itertuples()]
     summary += f"\n\n{len(preds)} validation images; the {len(mistakes)} most confident mistakes are below."
     confusion = _artifact(store, run_id, "confusion", ".png", folder)
-    reliability = _artifact(store, run_id, RELIABILITY_HINT, ".png", folder)
+    # The fit logs the diagram in a folder (calibration/): a top-level listing never showed it.
+    diagram = Path(RELIABILITY_PNG)
+    reliability = _artifact(store, run_id, diagram.name, diagram.suffix, folder, under=str(diagram.parent))
     return Evaluation(summary, per_class, mistakes, confusion, reliability)
 
 
@@ -211,6 +217,9 @@ def _quote(text: str) -> str:
     return text.replace("\\", "\\\\").replace("'", "\\'")
 
 
+UNKNOWN_NOTE = "not sure: this looks unlike the training images"  # the try-it's words when the model says unknown
+
+
 def classify(store: TrackingStore, owner: str, image_path: str, choice: str) -> tuple[dict[str, float], str]:
     """Scores of the visitor's deployed model ``choice`` (``NAME@ALIAS``) for one image, loaded from the registry.
 
@@ -230,5 +239,5 @@ def classify(store: TrackingStore, owner: str, image_path: str, choice: str) -> 
     note = f"from `{uri}`"
     unknown = row.get("unknown")
     if unknown is not None and pd.notna(unknown) and bool(unknown):
-        note = f"⚠️ Not sure: this image looks unlike the images the model was trained on. {note}"
+        note = f"⚠️ {UNKNOWN_NOTE} ({note})"
     return scores, note
