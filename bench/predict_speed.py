@@ -13,6 +13,11 @@ requests of JPEG photos (decoding and preprocessing included), at batch 1 and ba
 Each contender runs in turn (A, B, C, D, A, B, ...) and the medians are compared, so load on the machine hits all.
 Goals: ONNX Runtime fp32 >= 3x the PyTorch pyfunc at batch 32; int8 >= 1.5x fp32.
 
+Then, at each batch size, where a request's time goes: the preprocessing every contender shares (decoding and
+:func:`transfer.imaging.preprocess_image`, on the classifier's decode threads) and each engine's forward pass, per
+image, with the ratio that split allows (shared + the slower engine over shared + the faster one). The machine's load
+average is printed at the start and the end: other processes slow every contender, not their ratios' ceiling.
+
     python bench/predict_speed.py [--images 64] [--rounds 3] [--threads N] [--size 224]
 """
 
@@ -133,6 +138,7 @@ def main() -> None:
     from transfer import imaging
     from transfer.deploy.predict import classifier_of
 
+    print(f"load average at the start: {', '.join(f'{v:.2f}' for v in os.getloadavg())}")
     torch.manual_seed(0)
     dc = dict(zoo.get_spec("mobilenetv2_100").data_config, input_size=(3, args.size, args.size))
     classes = [f"c{i}" for i in range(10)]
@@ -158,6 +164,8 @@ def main() -> None:
         )
         for batch in (1, 32):
             _compare(loaded, model, photos, bare_x, batch, args.rounds, pd)
+            _split(loaded, photos, batch, args.rounds)
+    print(f"load average at the end: {', '.join(f'{v:.2f}' for v in os.getloadavg())}")
 
 
 def _compare(loaded: dict, model, photos: list[bytes], bare_x: torch.Tensor, batch: int, rounds: int, pd) -> None:
@@ -184,6 +192,32 @@ def _compare(loaded: dict, model, photos: list[bytes], bare_x: torch.Tensor, bat
         f"onnx_int8 / onnx_fp32 {ips['onnx_int8'] / ips['onnx_fp32']:.2f}x (goal >= 1.5x), "
         f"onnx_int8 / torch_pyfunc {ips['onnx_int8'] / ips['torch_pyfunc']:.2f}x, "
         f"torch_pyfunc / bare_eager {ips['torch_pyfunc'] / ips['bare_eager']:.2f}x"
+    )
+
+
+def _split(loaded: dict, photos: list[bytes], batch: int, rounds: int) -> None:
+    """Per image: the shared preprocessing and each engine's forward pass, and the ratios they allow."""
+    import numpy as np
+
+    from transfer.deploy.predict import classifier_of
+
+    clfs = {name: classifier_of(m) for name, m in loaded.items()}
+    some = next(iter(clfs.values()))
+    requests = [photos[i : i + batch] for i in range(0, min(len(photos), 16 if batch == 1 else len(photos)), batch)]
+    arrays = [np.stack(some.load_rows(r)) for r in requests]
+    fns = {"preprocess": lambda: [some.load_rows(r) for r in requests]}
+    fns.update({name: (lambda c=c: [c.engine.run(x) for x in arrays]) for name, c in clfs.items()})
+    n = sum(len(r) for r in requests)
+    ms = {k: 1000 * v / n for k, v in _alternate(fns, rounds).items()}
+    pre = ms["preprocess"]
+
+    def ratio(slow: str, fast: str) -> str:
+        return f"{slow} / {fast} {(pre + ms[slow]) / (pre + ms[fast]):.2f}x (network alone {ms[slow] / ms[fast]:.2f}x)"
+
+    print(
+        f"  per image at batch {batch}: preprocessing {pre:.1f} ms (shared); network "
+        + ", ".join(f"{k} {ms[k]:.1f} ms" for k in clfs)
+        + f"; this split allows {ratio('torch_pyfunc', 'onnx_fp32')}, {ratio('onnx_fp32', 'onnx_int8')}"
     )
 
 

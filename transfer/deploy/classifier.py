@@ -246,8 +246,9 @@ class ImageClassifier:
         except ImageInputError as exc:
             return str(exc).splitlines()[0][:300] if str(exc) else "cannot read image"
 
-    def _load_rows(self, items: list[Any], allow_paths: bool) -> list[np.ndarray | str]:
-        """:meth:`_load_row` of each cell, on :attr:`decode_threads` threads when there are several cells."""
+    def load_rows(self, items: list[Any], allow_paths: bool = False) -> list[np.ndarray | str]:
+        """Input cells decoded and preprocessed as in training: per cell a (C, H, W) float32 array, or the one-line
+        reason it cannot be; on :attr:`decode_threads` threads when there are several cells."""
         if len(items) == 1 or self.decode_threads == 1:
             return [self._load_row(item, allow_paths) for item in items]
         if self._pool is None:
@@ -290,7 +291,7 @@ class ImageClassifier:
         errors: list[str | None] = [None] * n
         for start in range(0, n, bs):
             arrays, rows = [], []
-            for i, got in enumerate(self._load_rows(items[start : start + bs], allow_paths), start):
+            for i, got in enumerate(self.load_rows(items[start : start + bs], allow_paths), start):
                 if isinstance(got, str):
                     errors[i] = got
                 else:
