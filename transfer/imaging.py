@@ -176,7 +176,7 @@ def decode(data: bytes, *, limits: ImageLimits = DEFAULT_LIMITS, draft: int | No
             img.load()
         except Exception as exc:  # truncated JPEG/PNG, bad chunk...: Pillow raises OSError, SyntaxError, ValueError
             raise ImageInputError(f"corrupt or truncated image ({type(exc).__name__})") from exc
-        img = ImageOps.exif_transpose(img)
+        ImageOps.exif_transpose(img, in_place=True)  # in place: otherwise it copies every upright photo (0.8 ms)
         return to_rgb(img)
     except ImageInputError:
         raise
@@ -340,7 +340,8 @@ def preprocess_image(img: Image.Image, data_config: dict[str, Any]) -> torch.Ten
         A float32 tensor of shape (C, H, W).
     """
     c, h, w = (int(v) for v in data_config["input_size"])
-    img = img.convert("L" if c == 1 else "RGB")
+    mode = "L" if c == 1 else "RGB"
+    img = img if img.mode == mode else img.convert(mode)  # convert() to the same mode is a copy of the full picture
     resample = INTERPOLATIONS.get(str(data_config.get("interpolation") or "bilinear"), Image.Resampling.BILINEAR)
     img = _resize(img, data_config, resample)
     mean = [float(v) for v in data_config["mean"]][:c]
@@ -351,9 +352,13 @@ def preprocess_image(img: Image.Image, data_config: dict[str, Any]) -> torch.Ten
     arr = arr[:, :, None] if arr.ndim == 2 else arr
     std = [float(v) for v in data_config["std"]][:c]
     # numpy, not torch: each torch op on one image wakes torch's intra-op thread pool, which cost a served model
-    # half its time on 2 busy cores (12 ms an op); the same float32 operations in the same order, the same bits.
-    x = (arr.astype(np.float32) / np.float32(255.0) - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
-    return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))
+    # half its time on 2 busy cores (12 ms an op); the same float32 operations in the same order, the same bits,
+    # in place on the channels-first copy (transposed while still uint8: a quarter of the bytes to move).
+    x = np.ascontiguousarray(arr.transpose(2, 0, 1)).astype(np.float32)
+    x /= np.float32(255.0)
+    x -= np.asarray(mean, np.float32)[:, None, None]
+    x /= np.asarray(std, np.float32)[:, None, None]
+    return torch.from_numpy(x)
 
 
 def preprocess(images: Sequence[Image.Image] | Image.Image, data_config: dict[str, Any]) -> torch.Tensor:
