@@ -56,6 +56,12 @@ def _default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def _usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity where the OS has one, as in a container; else all)."""
+    affinity = getattr(os, "sched_getaffinity", None)  # Linux only
+    return len(affinity(0)) if affinity else os.cpu_count() or 1
+
+
 def _empty_request_error() -> Exception:
     from mlflow.exceptions import MlflowException
     from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
@@ -186,7 +192,7 @@ class ImageClassifier:
         self.runtime = self.engine.name
         self.precision = str(config.get("precision") or "fp32") if self.runtime == "onnx" else "fp32"
         self.channels_last = bool(getattr(self.engine, "channels_last", False))
-        self.decode_threads = max(1, min(MAX_DECODE_THREADS, len(os.sched_getaffinity(0))))
+        self.decode_threads = max(1, min(MAX_DECODE_THREADS, _usable_cpus()))
         self._pool: ThreadPoolExecutor | None = None
 
     def __getstate__(self) -> dict[str, Any]:
