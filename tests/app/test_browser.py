@@ -274,7 +274,8 @@ def test_the_app_under_test_ignores_sigint(app_server: App) -> None:
 
 
 def test_cancel_stops_the_fit_within_10_s(cancelled: dict[str, Any]) -> None:
-    assert cancelled["cancelling"].startswith("Cancelling")
+    # "Cancelling…" shows while the fit winds down; a fit that stops within one refresh goes straight to "Cancelled".
+    assert cancelled["cancelling"].startswith(("Cancelling", "Cancelled"))
     assert cancelled["stopped_after_s"] < 10
     assert cancelled["returncode"] not in (0, None)
 
