@@ -19,6 +19,7 @@ every other button go on meanwhile. The page's limits bound it: ``audit_max_imag
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shutil
 import tempfile
@@ -30,12 +31,13 @@ from typing import Any
 import gradio as gr
 
 from app.audit_html import findings_html, message_html, recommendation_md
-from app.page import Page, Settings
+from app.page import APP_EXPERIMENT, Page, Settings
 from app.runs import scrub
 from app.session import Session
+from transfer.deploy.registry import OWNER_TAG
 from transfer.errors import UserError
 from transfer.jsonfile import read_json, write_json
-from transfer.recommend import Candidate, recommend
+from transfer.recommend import Candidate, log_recommendation, recommend
 
 _log = logging.getLogger(__name__)
 
@@ -215,6 +217,11 @@ class DataChecks:
             if not found:
                 raise UserError("no backbone offered here has its weights on this server; upload a weights file")
             rec = recommend(load_recipe(self._recipe(s, settings, False)), found, self.page.limits.recommend_budget_s)
+            # Logged as CLI recommendations are, in the page's experiment, under the dataset's name (not the
+            # server's folder) and tagged with who asked, as the page's models are.
+            rec = dataclasses.replace(rec, source=s.dataset.label)
+            owner = self.page.conn(st, request).visitor.owner
+            log_recommendation(self.page.store, rec, APP_EXPERIMENT, tags={OWNER_TAG: owner})
         except UserError as exc:
             return {ui.recommend_md: self.page.words(exc)}
         out = {ui.recommend_md: scrub(recommendation_md(rec), self._hide(s))}

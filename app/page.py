@@ -34,6 +34,9 @@ from transfer.tracking import TrackingStore
 _log = logging.getLogger(__name__)
 
 
+APP_EXPERIMENT = "app"  # the MLflow experiment of everything the page logs (runs are told apart by owner)
+
+
 def handoff_dir(base: Path) -> Path:
     """Where a page hands files to Gradio: the system's temporary folder (Gradio takes files from there and serves
     its own copy, so no work-folder path is ever handed out), one folder per data folder."""
@@ -93,7 +96,7 @@ class Settings:
             "strategy": {"name": self.strategy},
             "optim": {"name": self.optimizer, "lr": self.lr},
             "trainer": {"max_epochs": self.epochs, "accelerator": "auto", "enable_progress_bar": False},
-            "tracking": {"experiment": "app", "uri": tracking_uri},
+            "tracking": {"experiment": APP_EXPERIMENT, "uri": tracking_uri},
         }
 
 

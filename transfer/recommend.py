@@ -292,14 +292,22 @@ def table(rec: Recommendation) -> str:
     return "\n".join(lines)
 
 
-def log_recommendation(store: Any, rec: Recommendation, experiment: str) -> str:
-    """Log the ranking as its own MLflow run (params: the choice; artifact: the table); returns the run id."""
+def log_recommendation(store: Any, rec: Recommendation, experiment: str, *, tags: dict[str, str] | None = None) -> str:
+    """Log the ranking as its own MLflow run (params: the choice; artifact: the table); returns the run id.
+
+    Args:
+        store: the :class:`~transfer.tracking.TrackingStore`.
+        rec: the recommendation.
+        experiment: the experiment to log it in.
+        tags: tags of the run (e.g. who asked for it).
+    """
     from mlflow.entities import Param
 
+    source = rec.source
     exp = store.experiment_id(experiment)
-    run = store.client.create_run(exp, run_name=f"recommend-{Path(rec.source).name or rec.source}")
+    run = store.client.create_run(exp, run_name=f"recommend-{Path(source).name or source}", tags=tags or {})
     best = rec.best
-    params = {"choice": best.candidate.label if best else "none", "candidates": len(rec.scores), "source": rec.source}
+    params = {"choice": best.candidate.label if best else "none", "candidates": len(rec.scores), "source": source}
     store.client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
     store.client.log_dict(run.info.run_id, rec.to_dict(), "recommend.json")
     store.client.log_text(run.info.run_id, table(rec), "recommend.txt")

@@ -18,8 +18,9 @@ import pytest
 from app.data_audit import ANALYSIS, DataChecks
 from app.limits import Limits
 from app.main import build_page
-from app.page import Page, Settings
+from app.page import APP_EXPERIMENT, Page, Settings
 from tests.helpers import session_dir
+from transfer.deploy.registry import OWNER_TAG
 from transfer.job import dataset_index
 from transfer.recipe import load_recipe
 
@@ -55,6 +56,9 @@ def _walk(tmp: Path, flawed_zip: Path) -> dict[str, Any]:
     seen["audit"] = _by_id(checks.on_audit(conn, *SETTINGS, request=alice))
     seen["shown_again"] = _by_id(checks.on_show(conn, request=alice))
     seen["recommend"] = _by_id(checks.on_recommend(conn, "resnet18", *SETTINGS[1:], request=alice))
+    runs = page.store.client.search_runs([page.store.experiment_id(APP_EXPERIMENT)], "params.choice != ''")
+    seen["recommend_runs"] = [{**r.data.params, "owner": r.data.tags.get(OWNER_TAG)} for r in runs]
+    seen["alice"], seen["recommended_on"] = conn.visitor.owner, s.dataset.label
     seen["drop"] = _by_id(checks.on_drop(conn, request=alice))
     seen["upload_after"] = _digests(upload)
     seen["dataset"], seen["root"] = asdict(s.dataset), str(s.root)
@@ -145,6 +149,12 @@ def test_a_second_visitor_cannot_see_or_drop_the_first_visitors_findings(journey
 def test_an_audit_over_the_image_limit_is_one_line(journey: dict[str, Any]) -> None:
     said = journey["over_limit"]
     assert "49 images is over the 10-image limit" in said and "At most this many images per class" in said
+
+
+def test_a_recommendation_is_logged_to_mlflow_as_its_visitors_without_a_server_path(journey: dict[str, Any]) -> None:
+    (run,) = journey["recommend_runs"]
+    assert run["owner"] == journey["alice"] and run["choice"].startswith("mobilenetv2_100")
+    assert run["source"] == journey["recommended_on"] == "flawed.zip"
 
 
 def test_audits_and_recommendations_run_one_at_a_time_on_the_server(journey: dict[str, Any]) -> None:
