@@ -26,10 +26,10 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(_threads)
 
 
-# A zoo model is a reference cycle (its stage views hold the model: zoo/_backbone.StageView), so a dropped model is
-# freed by the cyclic collector, not when its last name goes; a worker running the zoo's 59-model parametrisations
-# grew to 15 GB and was killed by the OOM killer. After a test that left the worker this much bigger than after the
-# last collection, collect (and hand the freed heap back to the OS).
+# Objects in reference cycles (a trainer and its module, a fit's callbacks) wait for the cyclic collector, which big
+# tensors do not trigger: before zoo models stopped being cycles (zoo/_backbone.StageView holds its model weakly), a
+# worker grew to 15 GB over the zoo's parametrisations and was OOM-killed. After a test that left the worker this
+# much bigger than after the last collection, collect (and hand the freed heap back to the OS).
 COLLECT_GROWTH_MB = 1024
 _collected_at = [0]
 

@@ -13,6 +13,8 @@ stage is a :class:`StageView`: a module that holds the members without being reg
 
 from __future__ import annotations
 
+import copy
+import weakref
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -53,20 +55,50 @@ class StageView(nn.Module):
 
     def __init__(self, owner: nn.Module, members: Mapping[str, str]) -> None:
         super().__init__()
-        # Plain attributes, not children: registering the owner would make the module tree a cycle.
-        self.__dict__["_owner"] = owner
+        # Plain attributes, not children: registering the owner would make the module tree a cycle. The owner is
+        # held weakly for the same reason: the owner holds its views, and a strong reference back made every model
+        # a reference cycle that only the cyclic collector frees (a loop creating models grew by each one's size).
+        self.__dict__["_owner"] = weakref.ref(owner)
         self.__dict__["_paths"] = {key: tuple(path.split(".")) for key, path in members.items()}
         self._refresh()
 
+    def _owner_now(self) -> nn.Module | None:
+        return self.__dict__["_owner"]()
+
     def _refresh(self) -> None:
+        owner = self._owner_now()
+        if owner is None:  # a stage kept after its model was dropped: it keeps the modules it last had
+            return
         for key, path in self._paths.items():
-            self._modules[key] = _resolve(self._owner, path)
+            self._modules[key] = _resolve(owner, path)
 
     def __getattr__(self, name: str) -> Any:
         paths = self.__dict__.get("_paths")
-        if paths is not None and name in paths:
-            return _resolve(self.__dict__["_owner"], paths[name])
+        owner = self.__dict__["_owner"]() if paths is not None and name in paths else None
+        if owner is not None:
+            return _resolve(owner, paths[name])
         return super().__getattr__(name)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> StageView:
+        # A weak reference copies as itself: the copy must point at the owner's copy (the memo's, when the owner
+        # is what is being copied), not at the original model.
+        new = type(self).__new__(type(self))
+        memo[id(self)] = new
+        owner = self._owner_now()
+        state = {k: copy.deepcopy(v, memo) for k, v in self.__dict__.items() if k != "_owner"}
+        new.__dict__.update(state)
+        new.__dict__["_owner"] = weakref.ref(copy.deepcopy(owner, memo)) if owner is not None else lambda: None
+        return new
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(super().__getstate__())  # a copy: the live __dict__ keeps its weak reference
+        state["_owner"] = self._owner_now()  # pickled by value (pickle's memo keeps the one model)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        owner = state.pop("_owner")
+        super().__setstate__(state)
+        self.__dict__["_owner"] = weakref.ref(owner) if owner is not None else lambda: None
 
     # Everything that walks the children (parameters(), train(), apply(), to(), hooks on the children) goes through
     # these two; refreshing there keeps it on the modules the owner holds now.

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import copy
+import gc
+import pickle
+import weakref
 
 import pytest
 import torch
@@ -63,6 +66,41 @@ def test_train_eval_and_deepcopy_reach_the_views(resnet18: zoo.Backbone) -> None
     clone = copy.deepcopy(resnet18)
     stem = clone.stages()[0]
     assert stem is not resnet18.stages()[0] and stem[0] is clone.conv1 and stem[1] is clone.bn1
+
+
+@pytest.mark.parametrize("name", zoo.list_models())
+def test_a_dropped_model_is_freed_at_once(name: str) -> None:
+    """No reference cycle: a model goes when its last name does, without waiting for the cyclic collector (a loop
+    over candidate backbones would otherwise hold every one of them)."""
+    with torch.device("meta"):
+        zoo.create_model(name)  # a first build may leave frames in torch's one-time caches (meta decompositions)
+    gc.disable()
+    try:
+        with torch.device("meta"):
+            model = zoo.create_model(name)
+        model.stages()
+        gone = weakref.ref(model)
+        del model
+        assert gone() is None
+    finally:
+        gc.enable()
+
+
+def test_pickle_round_trip_keeps_the_views_on_the_new_model(resnet18: zoo.Backbone) -> None:
+    with torch.device("cpu"):
+        model = zoo.create_model("resnet18")
+    clone = pickle.loads(pickle.dumps(model))
+    stem = clone.stages()[0]
+    assert stem[0] is clone.conv1 and stem[0] is not model.conv1
+    assert {id(p) for p in stem.parameters()} == {id(p) for p in [*clone.conv1.parameters(), *clone.bn1.parameters()]}
+
+
+def test_a_stage_kept_after_its_model_is_dropped_still_runs() -> None:
+    model = zoo.create_model("resnet18").eval()
+    stem = model.stages()[0]
+    conv1 = model.conv1
+    del model
+    assert stem[0] is conv1 and stem(torch.zeros(1, 3, 32, 32)).shape == (1, 64, 8, 8)
 
 
 def test_cell_stages_map_the_pair_and_fire_hooks() -> None:
