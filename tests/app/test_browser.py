@@ -58,6 +58,14 @@ def _model(page: Any, strategy: str, epochs: int, size: int, **advanced: int) ->
     page.wait_for_timeout(800)
 
 
+def _open_with(page: Any, url: str, data: Path, loaded: str, strategy: str, epochs: int, size: int) -> None:
+    """Open the page, load the zip ``data`` (its summary says ``loaded``) and set the Model tab."""
+    page.goto(url)
+    _upload_zip(page, data)
+    page.locator("#data-summary").get_by_text(loaded).wait_for(timeout=60_000)
+    _model(page, strategy, epochs=epochs, size=size)
+
+
 def _phase(page: Any) -> str:
     loc = page.locator("#train-progress .tw-phase")
     return loc.inner_text() if loc.count() else ""
@@ -106,10 +114,7 @@ def reloaded(app_server: App, digits_zip: Path) -> dict[str, Any]:
     """Train, reload the page mid-training, and watch the same run finish."""
     seen: dict[str, Any] = {}
     with browser() as page:
-        page.goto(app_server.url)
-        _upload_zip(page, digits_zip)
-        page.locator("#data-summary").get_by_text("48 images in 3 classes").wait_for(timeout=60_000)
-        _model(page, "partial", epochs=5, size=64)
+        _open_with(page, app_server.url, digits_zip, "48 images in 3 classes", "partial", epochs=5, size=64)
         page.get_by_role("tab", name="3 Train").click()
         page.locator("#train").click()
         seen["before"] = _wait_phase(page, r"^Training: epoch", 300)
@@ -339,10 +344,7 @@ def test_on_a_phone_every_tab_is_reachable_and_the_backbone_readable(app_server:
 def test_the_data_tab_shows_the_audit_with_thumbnails(app_server: App, flawed_digits_zip: Path, tmp_path: Path) -> None:
     """Digits with a planted duplicate and an unreadable file: Audit shows the findings with their thumbnails."""
     with browser() as page:
-        page.goto(app_server.url)
-        _upload_zip(page, flawed_digits_zip)
-        page.locator("#data-summary").get_by_text("49 images in 3 classes").wait_for(timeout=60_000)
-        _model(page, "linear_probe", epochs=1, size=64)
+        _open_with(page, app_server.url, flawed_digits_zip, "49 images in 3 classes", "linear_probe", epochs=1, size=64)
         page.get_by_role("tab", name="1 Data").click()
         page.locator("#audit:enabled").click()
         thumbs = page.locator('#data-audit .tw-findings img[src^="data:image/png;base64,"]')
