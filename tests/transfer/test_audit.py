@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.helpers import WEIGHTS, digits_folder, planted_digits, write_recipe
+from tests.helpers import WEIGHTS, leaky_digits_folder, planted_digits, write_recipe
 from transfer.cli import main
 
 SIZE = ["data.image_size=64", "data.num_workers=0", "data.batch_size=64"]
@@ -183,15 +183,8 @@ def test_no_forecast_from_a_few_validation_images(planted):
 # The command line and the fit
 
 
-def _leaky_folder(root: Path) -> Path:
-    """Real digits in train/ and val/ folders, two training images copied into validation."""
-    digits_folder(root / "train", per_class=20)
-    digits_folder(root / "val", classes=(0, 1, 7), per_class=4)  # the first 4 of each class: also in train
-    return root
-
-
 def test_cli_writes_json_and_exits_1_on_problems(workdir, capsys):
-    root = _leaky_folder(workdir / "data")
+    root = leaky_digits_folder(workdir / "data")
     out = workdir / "audit.json"
     code = main(
         ["audit", str(root), "--pretrained", WEIGHTS, "--set", "data.image_size=32", "--json", str(out), "--no-curves"]
@@ -219,7 +212,7 @@ def test_cli_bad_source_exits_2_with_one_line(workdir, capsys):
 
 
 def test_block_stops_a_fit_with_leakage(workdir, capsys):
-    root = _leaky_folder(workdir / "data")
+    root = leaky_digits_folder(workdir / "data")
     recipe = write_recipe(workdir, data={"source": str(root), "audit": "block"}, strategy={"name": "linear_probe"})
     code = main(["fit", str(recipe)])
     err = capsys.readouterr().err.strip().splitlines()
@@ -232,7 +225,7 @@ def test_warn_logs_the_findings_and_trains(workdir):
 
     from transfer.train import fit
 
-    root = _leaky_folder(workdir / "data")
+    root = leaky_digits_folder(workdir / "data")
     result = fit(write_recipe(workdir, data={"source": str(root)}, strategy={"name": "linear_probe"}))
     client = mlflow.MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
     names = {a.path for a in client.list_artifacts(result.run_id, "audit")}
@@ -247,7 +240,7 @@ def test_a_second_fit_of_the_same_data_logs_the_audit_without_redoing_it(workdir
     import transfer.audit
     from transfer.train import fit
 
-    root = _leaky_folder(workdir / "data")
+    root = leaky_digits_folder(workdir / "data")
     fit(write_recipe(workdir, data={"source": str(root)}, strategy={"name": "linear_probe"}))
 
     def audit_again(*args, **kwargs):
