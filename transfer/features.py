@@ -43,7 +43,6 @@ def weights_digest(model: nn.Module, exclude: nn.Module | None = None) -> str:
     return h.hexdigest()
 
 
-@torch.inference_mode()
 def extract_features(
     model: nn.Module,
     loader: DataLoader,
@@ -66,25 +65,28 @@ def extract_features(
         outputs) when ``per_stage``.
     """
     was_training = model.training
+    # Moved before inference mode, not in it: parameters moved to a GPU inside it become inference tensors, which a
+    # fine-tune after the feature pass (the audit's) cannot train (found on an H200; on the CPU .to() moves nothing).
     model.eval().to(device)
     out: dict[str, list[torch.Tensor]] = {}
     total, done, reported = len(loader.dataset), 0, 0.0  # type: ignore[arg-type]
     try:
-        for x, y in loader:
-            x = x.to(device, non_blocking=True)
-            if per_stage:
-                feats = model.forward_stages(x)
-                for i, f in enumerate(feats):
-                    out.setdefault(f"stage{i}", []).append(f.float().mean((2, 3)).cpu())
-                last = feats[-1]
-            else:
-                last = model.forward_features(x)
-            out.setdefault("pre_logits", []).append(model.forward_head(last, pre_logits=True).float().cpu())
-            out.setdefault("labels", []).append(torch.as_tensor(y))
-            done += len(y)
-            if progress is not None and (time.monotonic() - reported >= PROGRESS_EVERY_S or done == total):
-                progress(done, total)
-                reported = time.monotonic()
+        with torch.inference_mode():
+            for x, y in loader:
+                x = x.to(device, non_blocking=True)
+                if per_stage:
+                    feats = model.forward_stages(x)
+                    for i, f in enumerate(feats):
+                        out.setdefault(f"stage{i}", []).append(f.float().mean((2, 3)).cpu())
+                    last = feats[-1]
+                else:
+                    last = model.forward_features(x)
+                out.setdefault("pre_logits", []).append(model.forward_head(last, pre_logits=True).float().cpu())
+                out.setdefault("labels", []).append(torch.as_tensor(y))
+                done += len(y)
+                if progress is not None and (time.monotonic() - reported >= PROGRESS_EVERY_S or done == total):
+                    progress(done, total)
+                    reported = time.monotonic()
     finally:
         model.train(was_training)
     return {k: torch.cat(v) for k, v in out.items()}
