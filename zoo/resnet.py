@@ -159,6 +159,21 @@ def _downsample(
     )
 
 
+def _stem_conv(in_chans: int, out_chs: int, deep: bool, norm: NormLayer) -> nn.Module:
+    """The stem's convolution: one 7x7, or (ResNet-D's deep stem) three 3x3 with norms and ReLUs between them."""
+    if not deep:
+        return nn.Conv2d(in_chans, out_chs, 7, 2, 3, bias=False)
+    return nn.Sequential(  # indices 0..6 as timm's Sequential, so keys read conv1.0, conv1.1, conv1.3, ...
+        nn.Conv2d(in_chans, 64, 3, 2, 1, bias=False),
+        norm(64),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(64, 64, 3, 1, 1, bias=False),
+        norm(64),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(64, out_chs, 3, 1, 1, bias=False),
+    )
+
+
 class ResNet(Backbone):
     """ResNet / ResNeXt / Wide ResNet / SE-ResNet(X)t / SENet-154, with optional dilation and deformable convs.
 
@@ -209,18 +224,7 @@ class ResNet(Backbone):
         self.num_classes, self.drop_rate = num_classes, drop_rate
 
         in_chs = 128 if deep_stem else 64
-        if deep_stem:  # indices 0..6 as timm's Sequential, so keys read conv1.0, conv1.1, conv1.3, ...
-            self.conv1 = nn.Sequential(
-                nn.Conv2d(in_chans, 64, 3, 2, 1, bias=False),
-                norm(64),
-                nn.ReLU(inplace=True),
-                nn.Conv2d(64, 64, 3, 1, 1, bias=False),
-                norm(64),
-                nn.ReLU(inplace=True),
-                nn.Conv2d(64, in_chs, 3, 1, 1, bias=False),
-            )
-        else:
-            self.conv1 = nn.Conv2d(in_chans, in_chs, 7, 2, 3, bias=False)
+        self.conv1 = _stem_conv(in_chans, in_chs, deep_stem, norm)
         self.bn1 = norm(in_chs)
         self.act1 = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(3, 2, 1)
