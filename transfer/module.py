@@ -106,7 +106,7 @@ class _Base(L.LightningModule):
         # finder sets this attribute when the recipe says lr: auto.
         self.lr: float = optim.lr if isinstance(optim.lr, float | int) else FINDER_START_LR
         self.lr_effective: float | None = None
-        self._loss_sum = 0.0
+        self._loss_sum: torch.Tensor | float = 0.0  # this epoch's summed loss x batch size, on the device
         self._loss_n = 0
 
     def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -123,25 +123,38 @@ class _Base(L.LightningModule):
         if not bool(torch.isfinite(loss.detach())):
             lr = self.lr_effective if self.lr_effective is not None else self.lr
             raise DivergedError(
-                f"the training loss became {float(loss)} at epoch {self.current_epoch}, step {self.global_step} "
+                f"the training loss became {float(loss)} by epoch {self.current_epoch}, step {self.global_step} "
                 f"(learning rate {lr:.3g}): lower optim.lr, or check the data; nothing was registered"
             )
 
-    def _log_train_loss(self, loss: torch.Tensor, n: int) -> None:
+    def _reads_loss_now(self, batch_idx: int) -> bool:
+        """Whether this step reads the running loss back to the host: every ``log_every_n_steps`` steps (Lightning's
+        logging interval) and at an epoch's last batch, so that the epoch's trackers always see its mean."""
+        if self._trainer is None:
+            return True
+        done = batch_idx + 1
+        return done % max(1, self.trainer.log_every_n_steps) == 0 or done >= self.trainer.num_training_batches
+
+    def _track_train_loss(self, loss: torch.Tensor, n: int, batch_idx: int) -> None:
+        """Add a step's loss to the epoch's running mean; at the reading steps (:meth:`_reads_loss_now`) check that
+        it is finite and log it as ``train_loss``.
+
+        The sum stays on the device between readings: a reading (``float``, ``isfinite``, and Lightning's
+        ``.item()`` of a progress-bar metric) makes a GPU finish every queued kernel before the next step is
+        queued (a per-step finite check and running mean would read it twice a step). A NaN or infinite loss
+        poisons the sum, so it is still caught, at most ``log_every_n_steps - 1`` steps late and always before the
+        epoch's validation.
+        """
+        self._loss_sum = self._loss_sum + loss.detach().float() * n
+        self._loss_n += n
+        if not self._reads_loss_now(batch_idx):
+            return
+        mean = self._loss_sum / self._loss_n
+        self._check_finite(mean)
         # A running mean over the epoch so far: at validation time (after the last batch) it is the epoch's mean,
         # so progress readers and the per-epoch tracker see this epoch's train_loss, not the last one's.
-        self._loss_sum += float(loss.detach()) * n
-        self._loss_n += n
         # sync_dist: under DDP the logged value is the mean over ranks (a no-op on one device).
-        self.log(
-            "train_loss",
-            self._loss_sum / self._loss_n,
-            on_step=True,
-            on_epoch=False,
-            prog_bar=True,
-            batch_size=n,
-            sync_dist=True,
-        )
+        self.log("train_loss", mean, on_step=True, on_epoch=False, prog_bar=True, batch_size=n, sync_dist=True)
 
     def on_train_epoch_start(self) -> None:
         self._loss_sum, self._loss_n = 0.0, 0
@@ -295,8 +308,7 @@ class ClassifierModule(_Base):
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         x, y = self.mix(*batch)
         loss = self.loss(self(x), y)
-        self._check_finite(loss)
-        self._log_train_loss(loss, len(y))
+        self._track_train_loss(loss, len(y), batch_idx)
         return loss
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
@@ -444,8 +456,7 @@ class StageProbeModule(_Base):
         *feats, y = batch
         losses = [self.loss(logits, y) for logits in self(feats)]
         loss = torch.stack(losses).sum()
-        self._check_finite(loss)
-        self._log_train_loss(loss / len(losses), len(y))
+        self._track_train_loss(loss / len(losses), len(y), batch_idx)
         return loss
 
     def on_validation_epoch_start(self) -> None:

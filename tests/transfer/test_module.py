@@ -1,13 +1,18 @@
-"""Optimizers, schedule, linear scaling rule and the probe's feature standardisation."""
+"""Optimizers, schedule, linear scaling rule, the probe's feature standardisation and the running training loss."""
 
 from __future__ import annotations
 
+from typing import Any
+
+import lightning as L
 import pytest
 import torch
 from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
 
-from transfer.module import fold_standardization
+from transfer.module import DivergedError, StageProbeModule, fold_standardization
 from transfer.optim import LARS, build_optimizer, effective_lr, warmup_cosine
+from transfer.recipe import OptimConfig
 
 
 def test_lars_step_follows_the_trust_ratio_formula():
@@ -96,3 +101,67 @@ def test_fold_standardization_is_exact():
     expected = lin((x - mean) / std)
     fold_standardization(lin, mean, std)
     assert torch.allclose(lin(x), expected, atol=1e-5)
+
+
+BATCHES = 25  # training batches an epoch in the running-loss tests (not a multiple of the logging interval)
+
+
+class _WatchedProbe(StageProbeModule):
+    """A stage probe that records the batches at which ``train_loss`` was logged and those validation saw."""
+
+    def __init__(self) -> None:
+        super().__init__([6], 3, optim=OptimConfig(lr=0.1, warmup_epochs=0), batch_size=4)
+        self.logged: list[int] = []
+        self.validated: list[int] = []
+        self._batch = -1
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        self._batch = batch_idx
+        return super().training_step(batch, batch_idx)
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self.validated.append(batch_idx)
+        super().validation_step(batch, batch_idx)
+
+    def log(self, name: str, *args: Any, **kwargs: Any) -> None:
+        if name == "train_loss":
+            self.logged.append(self._batch)
+        super().log(name, *args, **kwargs)
+
+
+def _probe_fit(module: _WatchedProbe, nan_batch: int | None = None) -> None:
+    """One epoch of ``module`` on random features, logging every 10 steps (``nan_batch``: that batch is NaN)."""
+    torch.manual_seed(0)
+    x, y = torch.randn(BATCHES * 4, 6), torch.randint(0, 3, (BATCHES * 4,))
+    if nan_batch is not None:
+        x[nan_batch * 4 : nan_batch * 4 + 4] = float("nan")
+    trainer = L.Trainer(
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        log_every_n_steps=10,
+    )
+    val = DataLoader(TensorDataset(torch.randn(8, 6), y[:8]), batch_size=8)
+    trainer.fit(module, DataLoader(TensorDataset(x, y), batch_size=4), val)
+
+
+def test_the_running_loss_is_read_back_at_the_logging_interval_and_the_epoch_end():
+    module = _WatchedProbe()
+    _probe_fit(module)
+    assert module.logged == [9, 19, BATCHES - 1]
+    assert isinstance(module._loss_sum, torch.Tensor)  # summed on the device between readings
+
+
+def test_a_nan_loss_ends_the_fit_at_the_next_reading():
+    with pytest.raises(DivergedError, match=r"became nan by epoch 0, step 9 .*nothing was registered"):
+        _probe_fit(_WatchedProbe(), nan_batch=2)
+
+
+def test_a_nan_loss_in_an_epochs_last_batch_is_caught_before_its_validation():
+    module = _WatchedProbe()
+    with pytest.raises(DivergedError, match="became nan"):
+        _probe_fit(module, nan_batch=BATCHES - 1)
+    assert module._batch == BATCHES - 1 and module.validated == []
