@@ -130,7 +130,9 @@ def prepare_deployment(job: Any, strategy: Any, final: Any) -> Deployment:
         job.events.phase("evaluate", "Choosing the runtime of the deployed model")
         metadata = {"class_names": json.dumps(list(job.index.classes)), "backbone": job.spec.name}
         val = _loader(job, list(job.index.val))
-        choice = choose_runtime(net, cfg.runtime, cfg.int8, val, _loader(job, _calibration_sample(job)), root, metadata)
+        calibration = _loader(job, _calibration_sample(job))
+        shape = tuple(int(v) for v in job.data_config["input_size"])
+        choice = choose_runtime(net, cfg.runtime, cfg.int8, val, calibration, root, metadata, shape)
         d.config.update(runtime=choice.runtime, precision=choice.precision, runtime_reason=choice.reason)
         d.config.update({"tta": tta} if tta else {})
         d.files.update(choice.files)

@@ -143,15 +143,7 @@ class Outputs:
 
 def run_all(engine: Any, batches: Batches) -> Outputs:
     """An engine's outputs over every ``(images, labels)`` batch."""
-    logits, feats, labels = [], [], []
-    for x, y in batches:
-        lg, f = engine.run(x)
-        logits.append(lg)
-        feats.append(f)
-        labels.append(np.asarray(y))
-    if not logits:
-        return Outputs(np.empty((0, 0)), np.empty((0, 0)), np.empty(0, dtype=np.int64))
-    return Outputs(np.concatenate(logits), np.concatenate(feats), np.concatenate(labels).astype(np.int64))
+    return run_engines({"engine": engine}, batches)["engine"]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -333,59 +325,118 @@ def choose_runtime(
     train: Callable[[], Batches],
     workdir: Path,
     metadata: dict[str, str],
+    input_shape: tuple[int, ...] | None = None,
 ) -> RuntimeChoice:
     """The engine a deployed model should serve with (see the module docstring).
+
+    The held-out images are decoded once: every candidate engine (PyTorch, ONNX fp32, ONNX int8) runs on each batch
+    of the same pass, so the files are written and quantised first.
 
     Args:
         net: the :class:`~transfer.deploy.model_format.ServingNet`, on the CPU, in eval mode.
         want: ``auto`` (ONNX Runtime when it exports and agrees, else PyTorch), ``onnx`` (the same, but a failure
             is an error) or ``torch``.
         int8: quantise to int8 (ONNX only).
-        val: held-out ``(images, labels)`` batches (called once per pass).
+        val: held-out ``(images, labels)`` batches (called once).
         train: training batches (int8 calibration).
         workdir: where the ONNX files are written.
         metadata: ONNX ``metadata_props``.
+        input_shape: the network's input (C, H, W); read from the first held-out batch when not given.
 
     Raises:
         UserError: ``want == "onnx"`` and the ONNX model cannot be had.
     """
-    torch_val = run_all(TorchEngine(net), val())
-    torch_choice = RuntimeChoice("torch", "fp32", "deploy.runtime is torch", None, torch_val)
+    engines: dict[str, Any] = {"torch": TorchEngine(net)}
+    files: dict[str, Path] = {}
+    notes: list[str] = []
+    shape = input_shape
+    if want != "torch":
+        shape = shape or _input_shape(val)
+        try:
+            how = _export(net, shape, workdir, metadata, engines, files)
+        except Exception as exc:
+            _onnx_failed(want, exc)
+            notes.append(f"ONNX Runtime not used: {_one_line(exc)}")
+        else:
+            notes.append(f"exported with the {how} exporter")
+            if int8:
+                notes += _quantise(files[ONNX_ARTIFACTS["fp32"]], train, workdir, engines)
+    outs = run_engines(engines, val())
     if want == "torch":
-        return torch_choice
+        return RuntimeChoice("torch", "fp32", "deploy.runtime is torch", None, outs["torch"])
+    if "onnx" not in engines:
+        return RuntimeChoice("torch", "fp32", "; ".join(notes), None, outs["torch"])
     try:
-        choice = _onnx_choice(net, torch_val, val, workdir, metadata)
-    except Exception as exc:
-        if want == "onnx":
-            raise UserError(f"deploy.runtime onnx: {_one_line(exc)}; set deploy.runtime to auto or torch") from exc
-        _log.warning("serving with PyTorch: %s", _one_line(exc))
-        torch_choice.reason = f"ONNX Runtime not used: {_one_line(exc)}"
-        return torch_choice
-    if int8:
-        _try_int8(choice, val, train, workdir)
+        metrics = _check_parity(outs["torch"], outs["onnx"])
+    except RuntimeError as exc:
+        _onnx_failed(want, exc)
+        return RuntimeChoice("torch", "fp32", f"ONNX Runtime not used: {_one_line(exc)}", None, outs["torch"])
+    agree, diff = metrics["onnx_label_agreement"], metrics["onnx_max_prob_diff"]
+    _log.info("ONNX Runtime (%s exporter): labels agree %.1f%%, max prob diff %.1e", how, 100 * agree, diff)
+    reason = "; ".join([f"{notes[0]}; agrees with PyTorch on {len(outs['onnx'].labels)} held-out images", *notes[1:]])
+    choice = RuntimeChoice("onnx", "fp32", reason, engines["onnx"], outs["onnx"], files, metrics)
+    if "int8" in engines and shape:
+        _keep_int8(choice, engines["int8"], outs["int8"], shape)
     return choice
 
 
-def _onnx_choice(
-    net: nn.Module, torch_val: Outputs, val: Callable[[], Batches], workdir: Path, metadata: dict[str, str]
-) -> RuntimeChoice:
+def run_engines(engines: dict[str, Any], batches: Batches) -> dict[str, Outputs]:
+    """Each engine's outputs over the same ``(images, labels)`` batches, decoded once."""
+    parts: dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {name: [] for name in engines}
+    for x, y in batches:
+        labels = np.asarray(y)
+        for name, engine in engines.items():
+            logits, feats = engine.run(x)
+            parts[name].append((logits, feats, labels))
+    return {name: _outputs(p) for name, p in parts.items()}
+
+
+def _outputs(parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> Outputs:
+    if not parts:
+        return Outputs(np.empty((0, 0)), np.empty((0, 0)), np.empty(0, dtype=np.int64))
+    logits, feats, labels = (np.concatenate(column) for column in zip(*parts))
+    return Outputs(logits, feats, labels.astype(np.int64))
+
+
+def _onnx_failed(want: str, exc: BaseException) -> None:
+    """ONNX cannot serve: an error when the recipe asked for it, else a warning (PyTorch serves)."""
+    if want == "onnx":
+        raise UserError(f"deploy.runtime onnx: {_one_line(exc)}; set deploy.runtime to auto or torch") from exc
+    _log.warning("serving with PyTorch: %s", _one_line(exc))
+
+
+def _export(
+    net: nn.Module,
+    shape: tuple[int, ...],
+    workdir: Path,
+    metadata: dict[str, str],
+    engines: dict[str, Any],
+    files: dict[str, Path],
+) -> str:
+    """Write the fp32 ONNX model and load it into ONNX Runtime (``engines["onnx"]``); returns the exporter."""
     if not onnxruntime_available():
         raise RuntimeError("onnxruntime (or onnx) is not installed")
-    example = torch.randn(2, *_input_shape(val), generator=torch.Generator().manual_seed(0))
+    example = torch.randn(2, *shape, generator=torch.Generator().manual_seed(0))
     path = workdir / "model.onnx"
     how = write_onnx(net, example, path, metadata, ("logits", "features"), SERVING_EXPORT_ORDER)
-    engine = OnnxEngine(path)
-    onnx_val = run_all(engine, val())
+    engines["onnx"] = OnnxEngine(path)
+    files[ONNX_ARTIFACTS["fp32"]] = path
+    return how
+
+
+def _check_parity(torch_val: Outputs, onnx_val: Outputs) -> dict[str, float]:
+    """The ONNX model's agreement with PyTorch on held-out images, as metrics.
+
+    Raises:
+        RuntimeError: it disagrees beyond :data:`MIN_LABEL_AGREEMENT` or :data:`MAX_PROB_DIFF`.
+    """
     agree, diff = parity(torch_val, onnx_val)
     if agree < MIN_LABEL_AGREEMENT or diff > MAX_PROB_DIFF:
         raise RuntimeError(
             f"the ONNX model disagrees with PyTorch on held-out images (labels agree on {agree:.1%}, probabilities "
             f"differ by up to {diff:.1e})"
         )
-    metrics = {"onnx_label_agreement": agree, "onnx_max_prob_diff": diff}
-    _log.info("ONNX Runtime (%s exporter): labels agree %.1f%%, max prob diff %.1e", how, 100 * agree, diff)
-    reason = f"exported with the {how} exporter; agrees with PyTorch on {len(onnx_val.labels)} held-out images"
-    return RuntimeChoice("onnx", "fp32", reason, engine, onnx_val, {ONNX_ARTIFACTS["fp32"]: path}, metrics)
+    return {"onnx_label_agreement": agree, "onnx_max_prob_diff": diff}
 
 
 def _input_shape(val: Callable[[], Batches]) -> tuple[int, ...]:
@@ -405,18 +456,20 @@ def _calibration_batches(train: Callable[[], Batches]) -> Iterable[np.ndarray]:
         yield batch.numpy()
 
 
-def _try_int8(choice: RuntimeChoice, val: Callable[[], Batches], train: Callable[[], Batches], workdir: Path) -> None:
-    """Quantise the chosen ONNX model; serve it when it loses at most :data:`INT8_MAX_LOSS` of accuracy."""
-    fp32 = choice.val
+def _quantise(src: Path, train: Callable[[], Batches], workdir: Path, engines: dict[str, Any]) -> list[str]:
+    """Quantise the fp32 ONNX model to int8 (``engines["int8"]``); a failure is returned as a note (fp32 serves)."""
     try:
-        src = choice.files[ONNX_ARTIFACTS["fp32"]]
         path = quantize_int8(src, workdir / "model_int8.onnx", _calibration_batches(train))
-        engine = OnnxEngine(path)
-        int8_val = run_all(engine, val())
+        engines["int8"] = OnnxEngine(path)
     except Exception as exc:
         _log.warning("int8 quantisation failed (%s): serving fp32", _one_line(exc))
-        choice.reason += f"; int8 quantisation failed: {_one_line(exc)}"
-        return
+        return [f"int8 quantisation failed: {_one_line(exc)}"]
+    return []
+
+
+def _keep_int8(choice: RuntimeChoice, engine: OnnxEngine, int8_val: Outputs, shape: tuple[int, ...]) -> None:
+    """Serve int8 when it loses at most :data:`INT8_MAX_LOSS` of validation accuracy against fp32."""
+    fp32 = choice.val
     loss = fp32.accuracy - int8_val.accuracy
     choice.metrics.update({"int8_val_acc": int8_val.accuracy, "int8_acc_change": -loss})
     if loss > INT8_MAX_LOSS:
@@ -425,8 +478,8 @@ def _try_int8(choice: RuntimeChoice, val: Callable[[], Batches], train: Callable
         return
     _log.info("serving int8 (validation accuracy %.4f -> %.4f)", fp32.accuracy, int8_val.accuracy)
     choice.precision, choice.engine, choice.val = "int8", engine, int8_val
-    choice.files[ONNX_ARTIFACTS["int8"]] = path  # the fp32 file stays too: a caller may load the model at fp32
-    choice.reason += f"; int8 calibrated on up to {int8_calibration_images(_input_shape(val))} training images"
+    choice.files[ONNX_ARTIFACTS["int8"]] = engine.path  # the fp32 file stays too: a caller may load it at fp32
+    choice.reason += f"; int8 calibrated on up to {int8_calibration_images(shape)} training images"
 
 
 def load_engine(
