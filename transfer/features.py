@@ -22,6 +22,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from transfer.layout import as_layout, channels_last_pass
+
 _log = logging.getLogger(__name__)
 
 CACHE_VERSION = "features-v2"
@@ -71,9 +73,9 @@ def extract_features(
     out: dict[str, list[torch.Tensor]] = {}
     total, done, reported = len(loader.dataset), 0, 0.0  # type: ignore[arg-type]
     try:
-        with torch.inference_mode():
-            for x, y in loader:
-                x = x.to(device, non_blocking=True)
+        with channels_last_pass(model, loader, device) as (batches, used), torch.inference_mode():
+            for x, y in batches:
+                x = as_layout(x.to(device, non_blocking=True), used)
                 if per_stage:
                     feats = model.forward_stages(x)
                     for i, f in enumerate(feats):

@@ -19,6 +19,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from transfer.errors import UserError
+from transfer.layout import as_layout, channels_last_pass
 from transfer.optim import build_optimizer, effective_lr, param_group, scales_linearly, warmup_cosine
 
 _log = logging.getLogger(__name__)
@@ -351,20 +352,21 @@ class ClassifierModule(_Base):
 TTA = ("none", "hflip")
 
 
-@torch.inference_mode()
 def predict_logits(
     model: Any, loader: Any, tta: str = "none", device: torch.device | str = "cpu"
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(logits, labels) of ``model`` (in eval mode) over a loader of ``(inputs, labels)``; ``tta="hflip"`` averages
-    the logits of each image and its mirror (test-time augmentation; images only)."""
+    the logits of each image and its mirror (test-time augmentation; images only). Images run channels-last on the
+    CPU (:mod:`transfer.layout`)."""
     out, labels = [], []
-    for x, y in loader:
-        x = x.to(device)
-        logits = model(x).float()
-        if tta == "hflip":
-            logits = (logits + model(x.flip(-1)).float()) / 2
-        out.append(logits.cpu())
-        labels.append(torch.as_tensor(y))
+    with channels_last_pass(model, loader, device) as (batches, used), torch.inference_mode():
+        for x, y in batches:
+            x = as_layout(x.to(device), used)
+            logits = model(x).float()
+            if tta == "hflip":
+                logits = (logits + model(as_layout(x.flip(-1), used)).float()) / 2
+            out.append(logits.cpu())
+            labels.append(torch.as_tensor(y))
     return torch.cat(out), torch.cat(labels)
 
 

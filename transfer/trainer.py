@@ -23,6 +23,12 @@ DDP_STRATEGIES = ("ddp", "ddp_find_unused_parameters_true", "ddp_find_unused_par
 SYNC_BN_BELOW = 32  # per-device batches smaller than this get synchronised BatchNorm under DDP by default
 
 
+def one_process(recipe: Recipe) -> bool:
+    """Whether the fit trains in this process alone (no DDP strategy, one device)."""
+    t = recipe.trainer
+    return t.get("strategy", "auto") not in DDP_STRATEGIES and t.get("devices", 1) in (1, "1", "auto")
+
+
 def trainer_kwargs(recipe: Recipe, run_dir: str) -> dict[str, Any]:
     kw: dict[str, Any] = {
         "precision": "bf16-mixed" if torch.cuda.is_available() else "32-true",

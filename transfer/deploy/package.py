@@ -36,6 +36,7 @@ from transfer.deploy.calibration import calibrate, diagram
 from transfer.deploy.model_format import ServingNet, feature_key
 from transfer.deploy.ood import fit_unknown
 from transfer.deploy.runtime import Batches, TorchEngine, choose_runtime, int8_calibration_images, run_all
+from transfer.layout import channels_last
 
 _log = logging.getLogger(__name__)
 
@@ -107,7 +108,8 @@ def _train_features(job: Any, strategy: Any, net: ServingNet) -> tuple[np.ndarra
         feats = job.features(per_stage=key != "pre_logits")["train"]
         return feats[key].numpy(), feats["labels"].numpy()
     job.events.phase("evaluate", "Computing the training images' features for unknown detection")
-    out = run_all(TorchEngine(net), iter(job.dm.eval_loader("train")))
+    with channels_last(net.eval(), tuple(job.data_config["input_size"])) as converted:
+        out = run_all(TorchEngine(net, converted=converted), iter(job.dm.eval_loader("train")))
     return out.features, out.labels
 
 

@@ -28,6 +28,7 @@ from torch import nn
 
 from transfer.deploy.model_format import ONNX_ARTIFACTS
 from transfer.errors import UserError
+from transfer.layout import as_layout, channels_last, try_channels_last
 
 _log = logging.getLogger(__name__)
 
@@ -66,43 +67,28 @@ class TorchEngine:
         net: a :class:`~transfer.deploy.model_format.ServingNet` (moved to ``device`` and put in eval mode here).
         device: where it runs.
         channels_last: the input size (C, H, W) to try channels-last memory at (the model is converted in place
-            when it agrees), or None to keep NCHW.
+            when it agrees, :func:`transfer.layout.try_channels_last`), or None to keep the layout it has.
+        converted: the caller has already made ``net`` channels-last (:func:`transfer.layout.channels_last`).
     """
 
     name = "torch"
 
     def __init__(
-        self, net: nn.Module, device: torch.device | str = "cpu", channels_last: tuple[int, ...] | None = None
+        self,
+        net: nn.Module,
+        device: torch.device | str = "cpu",
+        channels_last: tuple[int, ...] | None = None,
+        *,
+        converted: bool = False,
     ) -> None:
         self.device = torch.device(device)
         self.net = net.to(self.device).eval()
-        self.channels_last = channels_last is not None and self._try_channels_last(channels_last)
-
-    def _try_channels_last(self, input_size: tuple[int, ...]) -> bool:
-        """Switch to channels-last memory if it runs and agrees with the default layout.
-
-        oneDNN's CPU convolutions are markedly faster in NHWC (about 1.5-2x for MobileNetV2), but an architecture
-        may ``view`` activations in a way that needs contiguous NCHW, so one batch checks it at load time.
-        """
-        x = torch.randn(2, *input_size, generator=torch.Generator().manual_seed(0)).to(self.device)
-        try:
-            with torch.inference_mode():
-                want = self.net(x)[0]
-                self.net.to(memory_format=torch.channels_last)
-                got = self.net(x.contiguous(memory_format=torch.channels_last))[0]
-            if torch.allclose(got, want, atol=1e-4 * max(1.0, float(want.abs().max())), rtol=1e-4):
-                return True
-            _log.debug("channels-last output differs: keeping NCHW")
-        except Exception:  # an op that needs contiguous NCHW: keep the default layout
-            _log.debug("channels-last forward failed: keeping NCHW", exc_info=True)
-        self.net.to(memory_format=torch.contiguous_format)
-        return False
+        tried = channels_last is not None and try_channels_last(self.net, channels_last, self.device)
+        self.channels_last = converted or tried
 
     @torch.inference_mode()
     def run(self, batch: torch.Tensor | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        x = torch.as_tensor(batch).to(self.device)
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = as_layout(torch.as_tensor(batch).to(self.device), self.channels_last)
         logits, feats = self.net(x)
         return logits.float().cpu().numpy(), feats.float().cpu().numpy()
 
@@ -343,15 +329,17 @@ def choose_runtime(
         metadata: ONNX ``metadata_props``.
         input_shape: the network's input (C, H, W); read from the first held-out batch when not given.
 
+    PyTorch runs channels-last for the pass (:mod:`transfer.layout`), as the served PyTorch model does; ``net`` is
+    back in the default layout afterwards.
+
     Raises:
         UserError: ``want == "onnx"`` and the ONNX model cannot be had.
     """
-    engines: dict[str, Any] = {"torch": TorchEngine(net)}
+    engines: dict[str, Any] = {}
     files: dict[str, Path] = {}
     notes: list[str] = []
-    shape = input_shape
+    shape = input_shape or _input_shape(val)
     if want != "torch":
-        shape = shape or _input_shape(val)
         try:
             how = _export(net, shape, workdir, metadata, engines, files)
         except Exception as exc:
@@ -361,7 +349,9 @@ def choose_runtime(
             notes.append(f"exported with the {how} exporter")
             if int8:
                 notes += _quantise(files[ONNX_ARTIFACTS["fp32"]], train, workdir, engines)
-    outs = run_engines(engines, val())
+    with channels_last(net.eval(), shape) as converted:  # exported first: the ONNX file has the default layout
+        engines["torch"] = TorchEngine(net, converted=converted)
+        outs = run_engines(engines, val())
     if want == "torch":
         return RuntimeChoice("torch", "fp32", "deploy.runtime is torch", None, outs["torch"])
     if "onnx" not in engines:
@@ -375,7 +365,7 @@ def choose_runtime(
     _log.info("ONNX Runtime (%s exporter): labels agree %.1f%%, max prob diff %.1e", how, 100 * agree, diff)
     reason = "; ".join([f"{notes[0]}; agrees with PyTorch on {len(outs['onnx'].labels)} held-out images", *notes[1:]])
     choice = RuntimeChoice("onnx", "fp32", reason, engines["onnx"], outs["onnx"], files, metrics)
-    if "int8" in engines and shape:
+    if "int8" in engines:
         _keep_int8(choice, engines["int8"], outs["int8"], shape)
     return choice
 
