@@ -33,6 +33,22 @@ def write_recipe(folder: Path, name: str = "recipe.yaml", **sections: dict) -> P
     return path
 
 
+def quiet_trainer(**kwargs):
+    """A Lightning ``Trainer`` on the CPU that writes and prints nothing of its own (no logger, checkpoints,
+    progress bar, summary or sanity validation); ``kwargs`` add to or override that."""
+    import lightning as L
+
+    quiet = {
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "num_sanity_val_steps": 0,
+        "accelerator": "cpu",
+    }
+    return L.Trainer(**{**quiet, **kwargs})
+
+
 def free_port() -> int:
     """A free TCP port on 127.0.0.1."""
     with socket.socket() as s:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import lightning as L
 import pytest
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from tests.helpers import quiet_trainer
 from transfer.module import DivergedError, StageProbeModule, fold_standardization
 from transfer.optim import LARS, build_optimizer, effective_lr, warmup_cosine
 from transfer.recipe import OptimConfig
@@ -135,15 +135,7 @@ def _probe_fit(module: _WatchedProbe, nan_batch: int | None = None) -> None:
     x, y = torch.randn(BATCHES * 4, 6), torch.randint(0, 3, (BATCHES * 4,))
     if nan_batch is not None:
         x[nan_batch * 4 : nan_batch * 4 + 4] = float("nan")
-    trainer = L.Trainer(
-        max_epochs=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        log_every_n_steps=10,
-    )
+    trainer = quiet_trainer(max_epochs=1, log_every_n_steps=10)
     val = DataLoader(TensorDataset(torch.randn(8, 6), y[:8]), batch_size=8)
     trainer.fit(module, DataLoader(TensorDataset(x, y), batch_size=4), val)
 

@@ -12,6 +12,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import zoo
+from tests.helpers import quiet_trainer
 from transfer import features
 from transfer.features import FeatureCache, extract_features, weights_digest
 from transfer.module import ClassifierModule, StageProbeModule
@@ -37,17 +38,7 @@ def _loader(n: int = 16, size: int = 32) -> DataLoader:
 
 
 def _fit(module: L.LightningModule, epochs: int = 1, callbacks: list | None = None, loader: DataLoader | None = None):
-    trainer = L.Trainer(
-        max_epochs=epochs,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
-        callbacks=callbacks or [],
-        accelerator="cpu",
-    )
+    trainer = quiet_trainer(max_epochs=epochs, limit_val_batches=0, callbacks=callbacks or [])
     trainer.fit(module, loader or _loader())
     return trainer
 
