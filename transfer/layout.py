@@ -3,9 +3,9 @@
 oneDNN's CPU convolutions are markedly faster on NHWC tensors (2 cores, MobileNetV2): a pass over 360 photos at
 224 px (decoding included) took 9.3-10.0 s channels-last against 15.2-17.3 s in PyTorch's default layout; the
 features of 1,438 digits at 224 px 34-39 s against 60-61 s; training (batch 32) ran at 177-180 img/s against
-108-118 at 64 px, and 17-18 against 12-13 at 224 px. An
-architecture may ``view`` activations in a way that needs contiguous NCHW, so one random batch checks the switch
-before it is made. Answers agree to float precision, not bit for bit.
+108-118 at 64 px, and 17-18 against 12-13 at 224 px. An architecture may ``view`` activations in a way that needs
+contiguous NCHW, so one random batch checks the switch before it is made. Answers agree to float precision, not
+bit for bit.
 """
 
 from __future__ import annotations

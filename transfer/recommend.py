@@ -303,11 +303,10 @@ def log_recommendation(store: Any, rec: Recommendation, experiment: str, *, tags
     """
     from mlflow.entities import Param
 
-    source = rec.source
     exp = store.experiment_id(experiment)
-    run = store.client.create_run(exp, run_name=f"recommend-{Path(source).name or source}", tags=tags or {})
+    run = store.client.create_run(exp, run_name=f"recommend-{Path(rec.source).name or rec.source}", tags=tags or {})
     best = rec.best
-    params = {"choice": best.candidate.label if best else "none", "candidates": len(rec.scores), "source": source}
+    params = {"choice": best.candidate.label if best else "none", "candidates": len(rec.scores), "source": rec.source}
     store.client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
     store.client.log_dict(run.info.run_id, rec.to_dict(), "recommend.json")
     store.client.log_text(run.info.run_id, table(rec), "recommend.txt")
