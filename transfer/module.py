@@ -266,12 +266,16 @@ class ClassifierModule(_Base):
             fold_standardization(self.model.get_classifier(), self.feat_mean, self.feat_std)
             self.feat_mean, self.feat_std = None, None
 
+    def setup(self, stage: str) -> None:
+        # Before the Trainer's strategy wraps the model: DDP lays out its gradient buckets from the parameters'
+        # strides when it is built, and a conversion after that copies every gradient into the bucket at each step.
+        if self.channels_last and not self.features:
+            self.model.to(memory_format=torch.channels_last)
+
     def on_fit_start(self) -> None:
         # Under DDP Lightning has just swapped every BatchNorm for a synchronised one: the strategy must hold the
         # new modules, or frozen ones would slip back into train mode.
         self.strategy.rebind(self.model)
-        if self.channels_last and not self.features:
-            self.model.to(memory_format=torch.channels_last)
         if not self.features:
             set_batchnorm_memory(self.model, self.trainer.num_training_batches)
 

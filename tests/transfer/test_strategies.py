@@ -163,6 +163,25 @@ def test_gradual_unfreezes_one_stage_per_milestone_with_fixed_param_groups():
     assert not any(rec.bn_training[0][n] for n in rec.bn_training[0] if n.startswith("layer4"))
 
 
+class _LayoutAtSetup(L.pytorch.strategies.SingleDeviceStrategy):
+    """Records whether the convolutions are channels-last when the strategy sets the model up (where DDP wraps it)."""
+
+    def setup(self, trainer: L.Trainer) -> None:
+        convs = [m.weight for m in self.lightning_module.model.modules() if isinstance(m, nn.Conv2d)]
+        self.channels_last = all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
+        super().setup(trainer)
+
+
+def test_a_channels_last_model_is_converted_before_the_strategy_wraps_it():
+    model = _model()
+    strategy = create("full", StrategyConfig())
+    strategy.setup(model)
+    module = ClassifierModule(model, strategy, NUM_CLASSES, optim=OPTIM, batch_size=8, channels_last=True)
+    recorder = _LayoutAtSetup(device="cpu")
+    quiet_trainer(max_epochs=1, limit_val_batches=0, strategy=recorder).fit(module, _loader())
+    assert recorder.channels_last
+
+
 def test_frozen_units_return_to_eval_after_model_train():
     model = _model()
     strategy = create("partial", StrategyConfig(stages=1))
