@@ -38,6 +38,7 @@ from lightning.pytorch.plugins import LayerSync
 from lightning.pytorch.strategies import DDPStrategy
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.parallel import DistributedDataParallel
 
 __all__ = [
     "AllReduceBatchNorm",
@@ -290,6 +291,13 @@ class TransferDDPStrategy(DDPStrategy):
         finally:
             for p in pending:
                 p.requires_grad_(False)
+
+    def _setup_model(self, model: nn.Module) -> DistributedDataParallel:
+        # Built on the stream that runs the forwards, as plain PyTorch DDP is. Lightning 2.6 builds it on a side CUDA
+        # stream (for whole-network CUDA graph capture, which a fit does not use), and every backward then crosses
+        # streams: torch >= 2.10 warns that it "may incur unnecessary synchronization" (Lightning-AI/pytorch-lightning
+        # #21567; Lightning's own fix, #21746, is in no release up to 2.6.6).
+        return DistributedDataParallel(module=model, device_ids=self.determine_ddp_device_ids(), **self._ddp_kwargs)
 
 
 class RankSync(Callback):
