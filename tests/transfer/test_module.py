@@ -93,6 +93,27 @@ def test_optimizers_keep_group_settings(name):
     assert [g["weight_decay"] for g in opt.param_groups] == [0.1, 0.0]
 
 
+def _three_steps(name: str) -> tuple[torch.optim.Optimizer, torch.Tensor]:
+    torch.manual_seed(0)
+    w = nn.Parameter(torch.randn(8, 4))
+    opt = build_optimizer(
+        [{"params": [w], "lr": 0.1, "weight_decay": 0.05}], name, lr=0.1, weight_decay=0.05, momentum=0.9
+    )
+    for _ in range(3):
+        w.grad = torch.sin(w.detach() * 3)
+        opt.step()
+    return opt, w.detach()
+
+
+@pytest.mark.parametrize("name", ["sgd", "adamw"])
+def test_optimizers_run_pytorchs_fused_kernels_with_the_same_updates(name, monkeypatch):
+    fused, w_fused = _three_steps(name)
+    monkeypatch.setattr("transfer.optim.fusable", lambda groups: False)
+    looped, w_looped = _three_steps(name)
+    assert fused.defaults["fused"] and not looped.defaults["fused"]
+    assert torch.allclose(w_fused, w_looped, atol=1e-6)
+
+
 def test_fold_standardization_is_exact():
     torch.manual_seed(0)
     lin = nn.Linear(6, 3)
