@@ -1,9 +1,10 @@
-"""Process-wide state a fit or a store may touch, restored exactly: the environment and MLflow's globals.
+"""Process-wide state a fit or a store may touch, restored exactly: the environment, MLflow's globals, cuDNN's mode.
 
 MLflow keeps its tracking URI, registry URI and active experiment in module globals and exports them as
 ``MLFLOW_*`` environment variables; Lightning's ``seed_everything`` and its DDP launcher export ``PL_*``,
-``MASTER_*`` and rank variables. :func:`restored` is the one context manager that lets code change them for a block
-and puts back exactly what it found (variables added are removed, changed ones get their old value back).
+``MASTER_*`` and rank variables, and its ``Trainer(benchmark=...)`` sets ``torch.backends.cudnn.benchmark``.
+:func:`restored` is the one context manager that lets code change them for a block and puts back exactly what it
+found (variables added are removed, changed ones get their old value back).
 """
 
 from __future__ import annotations
@@ -15,17 +16,20 @@ from collections.abc import Iterator
 
 @contextlib.contextmanager
 def restored() -> Iterator[None]:
-    """Run a block, then restore ``os.environ`` and MLflow's tracking/registry URI and experiment globals."""
+    """Run a block, then restore ``os.environ``, MLflow's tracking/registry URI and experiment globals and
+    ``torch.backends.cudnn.benchmark``."""
+    import torch
     from mlflow.tracking import fluent
     from mlflow.tracking._model_registry import utils as registry_utils
     from mlflow.tracking._tracking_service import utils as tracking_utils
 
     saved = (tracking_utils._tracking_uri, registry_utils._registry_uri, fluent._active_experiment_id)
-    env = dict(os.environ)
+    env, cudnn_benchmark = dict(os.environ), torch.backends.cudnn.benchmark
     try:
         yield
     finally:
         tracking_utils._tracking_uri, registry_utils._registry_uri, fluent._active_experiment_id = saved
+        torch.backends.cudnn.benchmark = cudnn_benchmark
         for key in [k for k in os.environ if k not in env]:
             del os.environ[key]
         for key, value in env.items():

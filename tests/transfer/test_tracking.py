@@ -7,8 +7,9 @@ from pathlib import Path
 
 import mlflow
 import pytest
+import torch
 
-from tests.helpers import digits_folder, write_recipe
+from tests.helpers import digits_folder, quiet_trainer, write_recipe
 from transfer.deploy.predict import predict_paths
 from transfer.deploy.registry import register
 from transfer.recipe import load_recipe
@@ -17,7 +18,7 @@ from transfer.train import fit
 
 
 def _process_state() -> tuple:
-    """Everything MLflow keeps process-wide that a caller could notice, and the whole environment."""
+    """Everything MLflow keeps process-wide that a caller could notice, the whole environment and cuDNN's mode."""
     from mlflow.tracking import fluent
     from mlflow.tracking._model_registry import utils as registry_utils
     from mlflow.tracking._tracking_service import utils as tracking_utils
@@ -30,6 +31,7 @@ def _process_state() -> tuple:
         mlflow.get_registry_uri(),
         mlflow.active_run(),
         dict(os.environ),
+        torch.backends.cudnn.benchmark,
     )
 
 
@@ -45,6 +47,16 @@ def test_activated_restores_exactly_what_it_found(tmp_path, monkeypatch):
             assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "0"
         assert mlflow.get_tracking_uri() == store.uri
     assert _process_state() == before
+
+
+def test_restored_puts_back_cudnn_benchmark_as_lightning_sets_it(monkeypatch):
+    from transfer.process_state import restored
+
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    with restored():
+        quiet_trainer(benchmark=True)  # what a fit on a GPU does (transfer.trainer.trainer_kwargs)
+        assert torch.backends.cudnn.benchmark
+    assert torch.backends.cudnn.benchmark is False
 
 
 @pytest.mark.parametrize(
