@@ -197,7 +197,8 @@ class _Base(L.LightningModule):
             return
         groups = self.trainer.optimizers[0].param_groups
         lrs = [g["lr"] for g in groups if str(g.get("name", "")).split(".")[0] == "classifier"]
-        self.log("lr", float(lrs[0] if lrs else groups[-1]["lr"]))
+        # sync_dist: every rank has the same rate (the mean is that rate); Lightning warns on each DDP fit without it.
+        self.log("lr", float(lrs[0] if lrs else groups[-1]["lr"]), sync_dist=True)
 
 
 class ClassifierModule(_Base):
