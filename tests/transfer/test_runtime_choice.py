@@ -102,3 +102,29 @@ def test_a_quantisation_failure_serves_fp32_with_the_reason(net, tmp_path, monke
     choice = _choose(net, tmp_path, int8=True)
     assert (choice.runtime, choice.precision) == ("onnx", "fp32")
     assert choice.reason.endswith("; int8 quantisation failed: no calibration data")
+
+
+class _Recorder:
+    """An engine that returns fixed features and counts the images it saw."""
+
+    def __init__(self) -> None:
+        self.images = 0
+
+    def run(self, batch: torch.Tensor):
+        self.images += len(batch)
+        return torch.zeros(len(batch), 3).numpy(), torch.full((len(batch), 5), 7.0).numpy()
+
+
+def test_the_unknown_detector_indexes_what_the_served_engine_computes(net):
+    from types import SimpleNamespace
+
+    from transfer.deploy.package import _train_features
+
+    engine = _Recorder()
+    job = SimpleNamespace(
+        dm=SimpleNamespace(eval_loader=lambda split: _batches()() if split == "train" else None),
+        events=SimpleNamespace(phase=lambda *args: None),
+        data_config={"input_size": SHAPE},
+    )
+    feats, labels = _train_features(job, SimpleNamespace(uses_features=False), net, engine)
+    assert engine.images == 24 and (feats == 7.0).all() and labels.tolist() == [i % 3 for i in range(24)]

@@ -100,14 +100,21 @@ def _calibration_sample(job: Any) -> list[Any]:
     return [train[i] for i in sorted(keep)]
 
 
-def _train_features(job: Any, strategy: Any, net: ServingNet) -> tuple[np.ndarray, np.ndarray]:
+def _train_features(job: Any, strategy: Any, net: ServingNet, engine: Any) -> tuple[np.ndarray, np.ndarray]:
     """The training images' penultimate features: cached when the strategy trained on frozen cached features (the
-    deployed network computes the same), else one pass of the deployed network."""
+    deployed network computes the same), else one pass of ``engine``, the one the model serves with (None: PyTorch).
+
+    The served engine computes what serving will compare with the index, and ONNX Runtime is the faster pass: 1,438
+    digits at 224 px took 11.5-13.1 s with it against 37.9-39.2 s with channels-last PyTorch (features within 2e-5).
+    """
     key = feature_key(net.model)
     if strategy.uses_features:
         feats = job.features(per_stage=key != "pre_logits")["train"]
         return feats[key].numpy(), feats["labels"].numpy()
     job.events.phase("evaluate", "Computing the training images' features for unknown detection")
+    if engine is not None:
+        out = run_all(engine, iter(job.dm.eval_loader("train")))
+        return out.features, out.labels
     with channels_last(net.eval(), tuple(job.data_config["input_size"])) as converted:
         out = run_all(TorchEngine(net, converted=converted), iter(job.dm.eval_loader("train")))
     return out.features, out.labels
@@ -142,7 +149,7 @@ def prepare_deployment(job: Any, strategy: Any, final: Any) -> Deployment:
         _calibrate(d, choice.val, root)
         if cfg.ood != "off":
             job.events.phase("evaluate", "Fitting the unknown detector")
-            train_feats, train_labels = _train_features(job, strategy, net)
+            train_feats, train_labels = _train_features(job, strategy, net, choice.engine)
             unknown = fit_unknown(
                 cfg.ood, train_feats, train_labels, choice.val.features, cfg.ood_false_alarm, seed=r.seed
             )
