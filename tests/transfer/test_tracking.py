@@ -54,7 +54,7 @@ def test_restored_puts_back_cudnn_benchmark_as_lightning_sets_it(monkeypatch):
 
     monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
     with restored():
-        quiet_trainer(benchmark=True)  # what a fit on a GPU does (transfer.trainer.trainer_kwargs)
+        quiet_trainer(benchmark=True)  # what a fit does when its recipe sets trainer.benchmark: true
         assert torch.backends.cudnn.benchmark
     assert torch.backends.cudnn.benchmark is False
 
