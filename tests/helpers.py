@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import base64
 import io
-import socket
 import zlib
 from pathlib import Path
 
@@ -47,13 +46,6 @@ def quiet_trainer(**kwargs):
         "accelerator": "cpu",
     }
     return L.Trainer(**{**quiet, **kwargs})
-
-
-def free_port() -> int:
-    """A free TCP port on 127.0.0.1."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def b64(data: bytes) -> str:

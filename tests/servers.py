@@ -17,6 +17,7 @@ commands run as Debian's ``postgres`` user. Without PostgreSQL's binaries the te
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import glob
 import os
@@ -70,7 +71,140 @@ def require(what: str) -> None:
     pytest.skip(what)
 
 
-class MlflowServer:
+def _listening_sockets(port: int) -> set[str]:
+    """``socket:[inode]`` of every TCP socket listening on ``port`` (any address), from /proc/net."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
+                    found.add(f"socket:[{fields[9]}]")
+    return found
+
+
+def listens(pgid: int, port: int) -> bool:
+    """Whether a process of process group ``pgid`` holds a socket listening on TCP ``port``.
+
+    A port from :func:`free_port` is free only when it is chosen: another test process may start its own server on
+    it before ours binds. Then ours fails to bind, while the other one answers every request sent to the port.
+    """
+    sockets = _listening_sockets(port)
+    if not sockets:
+        return False
+    for fds in Path("/proc").glob("[0-9]*/fd"):
+        with contextlib.suppress(OSError):  # a process may end while we look
+            if os.getpgid(int(fds.parent.name)) == pgid and any(os.readlink(fd) in sockets for fd in fds.iterdir()):
+                return True
+    return False
+
+
+class PortTakenError(Exception):
+    """The server exited because another process took its port first."""
+
+
+class Server(abc.ABC):
+    """A server process on 127.0.0.1 in a process group of its own, up once its health URL answers 200 *and* its
+    group listens on the port; when another process took the port first, it starts again on another free port
+    (unless the port was given).
+
+    Subclasses say :meth:`command` and :attr:`health`.
+
+    Args:
+        log: the server's stdout and stderr (appended to across restarts).
+        port: default a free port; kept across :meth:`stop` and :meth:`start`.
+        env: extra environment variables for the server.
+        timeout: seconds to wait for the server to be up.
+    """
+
+    what = "server"
+    health = "/health"
+    tries = 3
+
+    def __init__(
+        self, log: str | Path, *, port: int | None = None, env: Mapping[str, str] | None = None, timeout: float = 240.0
+    ) -> None:
+        self.log = Path(log)
+        self.port = port or free_port()
+        self._port_given = port is not None
+        self.env = dict(env or {})
+        self.timeout = timeout
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    @abc.abstractmethod
+    def command(self) -> list[str]:
+        """The server's command line, for :attr:`port`."""
+
+    def healthy(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.url}{self.health}", timeout=5) as resp:
+                return resp.status == 200
+        except OSError:
+            return False
+
+    def start(self) -> Server:
+        """Start the server (on the same port as before, after a stop) and wait until it is up."""
+        if self.proc is not None and self.proc.poll() is None:
+            raise RuntimeError(f"{self.what} on port {self.port} is already running")
+        for attempt in range(self.tries):
+            try:
+                self._launch()
+                return self
+            except PortTakenError:
+                if self._port_given or attempt == self.tries - 1:
+                    pytest.fail(f"{self.what}: port {self.port} taken; {self.log}:\n{_tail(self.log)}", pytrace=False)
+                self.port = free_port()
+        raise AssertionError("unreachable")
+
+    def _launch(self) -> None:
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        with self.log.open("ab") as out:  # the child keeps its own copy of the descriptor
+            out.write(f"--- {' '.join(self.command())}\n".encode())
+            out.flush()
+            logged = out.tell()
+            self.proc = subprocess.Popen(
+                self.command(),
+                cwd=self.log.parent,  # whatever the server writes by default lands beside its log
+                env={**os.environ, **self.env},
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + self.timeout
+        while not (self.healthy() and listens(self.proc.pid, self.port)):
+            if self.proc.poll() is not None:
+                code = self.proc.returncode
+                self.stop()
+                said = self.log.read_bytes()[logged:]
+                if b"Address already in use" in said or b"[Errno 98]" in said:
+                    raise PortTakenError(self.port)
+                pytest.fail(f"{self.what} exited with code {code}; {self.log}:\n{_tail(self.log)}", pytrace=False)
+            if time.monotonic() > deadline:
+                self.stop()
+                pytest.fail(
+                    f"{self.what} not up after {self.timeout:.0f} s; {self.log}:\n{_tail(self.log)}", pytrace=False
+                )
+            time.sleep(0.5)
+
+    def stop(self, timeout: float = 20.0) -> None:
+        """Stop the server and its workers (SIGTERM to the process group, SIGKILL after ``timeout`` s)."""
+        if self.proc is not None:
+            _stop_group(self.proc, timeout)
+            self.proc = None
+
+    def __enter__(self) -> Server:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class MlflowServer(Server):
     """``mlflow server`` on 127.0.0.1 with a backend store and a local artifact root it serves (proxies).
 
     Args:
@@ -84,6 +218,8 @@ class MlflowServer:
             ``MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false``.
         timeout: seconds to wait for ``GET /health`` to answer 200.
     """
+
+    what = "mlflow server"
 
     def __init__(
         self,
@@ -103,16 +239,9 @@ class MlflowServer:
             default_log = Path(self.artifacts_destination).resolve().parent / "mlflow-server.log"
         else:
             default_log = Path(tempfile.mkdtemp(prefix="mlflow-server-")) / "mlflow-server.log"
-        self.log = Path(log) if log else default_log
-        self.port = port or free_port()
+        env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **(env or {})}
+        super().__init__(log or default_log, port=port, env=env, timeout=timeout)
         self.workers = workers
-        self.env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **(env or {})}
-        self.timeout = timeout
-        self.proc: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://{HOST}:{self.port}"
 
     def command(self) -> list[str]:
         return [
@@ -132,56 +261,28 @@ class MlflowServer:
             str(self.workers),
         ]
 
-    def healthy(self) -> bool:
-        try:
-            with urllib.request.urlopen(f"{self.url}/health", timeout=5) as resp:
-                return resp.status == 200
-        except OSError:
-            return False
 
-    def start(self) -> MlflowServer:
-        """Start the server (on the same port as before, after a stop) and wait until it is healthy."""
-        if self.proc is not None and self.proc.poll() is None:
-            raise RuntimeError(f"mlflow server on port {self.port} is already running")
-        self.log.parent.mkdir(parents=True, exist_ok=True)
-        with self.log.open("ab") as out:  # the child keeps its own copy of the descriptor
-            out.write(f"--- {' '.join(self.command())}\n".encode())
-            out.flush()
-            self.proc = subprocess.Popen(
-                self.command(),
-                cwd=self.log.parent,  # whatever the server writes by default lands beside its log
-                env={**os.environ, **self.env},
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        deadline = time.monotonic() + self.timeout
-        while not self.healthy():
-            if self.proc.poll() is not None:
-                code = self.proc.returncode
-                self.stop()
-                pytest.fail(f"mlflow server exited with code {code}; {self.log}:\n{_tail(self.log)}", pytrace=False)
-            if time.monotonic() > deadline:
-                self.stop()
-                pytest.fail(
-                    f"mlflow server not healthy after {self.timeout:.0f} s; {self.log}:\n{_tail(self.log)}",
-                    pytrace=False,
-                )
-            time.sleep(0.5)
-        return self
+class ModelServer(Server):
+    """``mlflow models serve -m MODEL_URI`` on 127.0.0.1 in the current environment, reading the registry at
+    ``tracking_uri``; up once ``GET /ping`` answers 200.
 
-    def stop(self, timeout: float = 20.0) -> None:
-        """Stop the server and its workers (SIGTERM to the process group, SIGKILL after ``timeout`` s)."""
-        if self.proc is not None:
-            _stop_group(self.proc, timeout)
-            self.proc = None
+    Args:
+        model_uri: e.g. ``models:/digits@champion``.
+        tracking_uri: where ``models:/`` URIs resolve (passed as ``MLFLOW_TRACKING_URI``).
+        log: the server's stdout and stderr.
+        timeout: seconds to wait for it to be up (it loads the model first).
+    """
 
-    def __enter__(self) -> MlflowServer:
-        return self.start()
+    what = "mlflow models serve"
+    health = "/ping"
 
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+    def __init__(self, model_uri: str, tracking_uri: str, log: str | Path, *, timeout: float = 300.0) -> None:
+        super().__init__(log, env={"MLFLOW_TRACKING_URI": tracking_uri}, timeout=timeout)
+        self.model_uri = model_uri
+
+    def command(self) -> list[str]:
+        serve = ["mlflow", "models", "serve", "-m", self.model_uri, "--env-manager", "local"]
+        return [sys.executable, "-m", *serve, "-h", HOST, "-p", str(self.port)]
 
 
 def _postgres_bin() -> Path | None:

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from tests.app.support import App, serve_app, zip_tree
-from tests.helpers import digits_folder, free_port
+from tests.helpers import digits_folder
+from tests.servers import free_port
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.app.support import serve_app
-from tests.helpers import free_port
+from tests.servers import free_port
 
 
 @pytest.mark.parametrize("exposure", [["--host", "0.0.0.0"], ["--share"]], ids=["host", "share"])

@@ -10,13 +10,13 @@ from __future__ import annotations
 import io
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
@@ -29,9 +29,9 @@ from PIL import Image
 
 import zoo
 from tests.helpers import b64 as _b64
-from tests.helpers import free_port as _free_port
 from tests.helpers import huge_png as _huge_png
 from tests.helpers import truncated_jpeg as _truncated_jpeg
+from tests.servers import ModelServer, free_port
 from transfer import imaging
 from transfer.deploy.classifier import REFUSED_STRING, ImageClassifier
 from transfer.deploy.export import export_model
@@ -341,42 +341,9 @@ def _post(url: str, payload: dict, timeout: float = 120) -> tuple[int, dict]:
 
 
 @pytest.fixture
-def server(clf: dict, tracking: dict, tmp_path: Path) -> str:
-    port = _free_port()
-    log = (tmp_path / "serve.log").open("w")
-    cmd = [sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/{NAME}@champion"]
-    cmd += ["--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)]
-    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking["uri"]}
-    proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 240
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(
-                    f"mlflow models serve exited with {proc.returncode}: {(tmp_path / 'serve.log').read_text()[-3000:]}"
-                )
-            try:
-                with urllib.request.urlopen(f"{url}/ping", timeout=5) as resp:
-                    if resp.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"server not up in 240 s: {(tmp_path / 'serve.log').read_text()[-3000:]}")
-            time.sleep(1.0)
-        yield url
-    finally:
-        # The whole process group: `mlflow models serve` execs uvicorn, which may fork workers.
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=20)
-        except ProcessLookupError:
-            pass
-        log.close()
+def server(clf: dict, tracking: dict, tmp_path: Path) -> Iterator[str]:
+    with ModelServer(f"models:/{NAME}@champion", tracking["uri"], tmp_path / "serve.log", timeout=240) as srv:
+        yield srv.url
 
 
 def test_served_model_answers_http(server: str, clf: dict, image_dir: Path) -> None:
@@ -617,7 +584,7 @@ def test_predict_paths_input_and_registry_errors(clf: dict, tracking: dict, imag
         predict_paths(str(not_a_model), files)
     t0 = time.monotonic()
     with pytest.raises(UserError, match=r"unreachable|cannot load"):
-        predict_paths(f"models:/{NAME}@champion", files, TrackingStore(f"http://127.0.0.1:{_free_port()}"))
+        predict_paths(f"models:/{NAME}@champion", files, TrackingStore(f"http://127.0.0.1:{free_port()}"))
     assert time.monotonic() - t0 < 60
 
 

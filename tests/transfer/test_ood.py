@@ -10,11 +10,6 @@ faces, the other model's domain).
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 import urllib.request
 
 import numpy as np
@@ -26,11 +21,11 @@ from tests.helpers import (
     b64,
     digit_images,
     digits_model,
-    free_port,
     other_domain_photos,
     texture_crops,
     textures_model,
 )
+from tests.servers import ModelServer
 from transfer.deploy.ood import DETECTORS, fit_unknown
 from transfer.deploy.predict import classifier_of, load_pyfunc
 from transfer.tracking import TrackingStore
@@ -130,40 +125,12 @@ def test_cli_predict_prints_unknown(tmp_path_factory, tmp_path, capsys: pytest.C
 def test_served_model_says_unknown_over_http(tmp_path_factory, tmp_path) -> None:
     """``mlflow models serve`` of the registered model: photos come back unknown, fresh digits do not."""
     fitted = digits_model(tmp_path_factory)
-    port = free_port()
-    cmd = [sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/digits-trust@champion"]
-    cmd += ["--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)]
-    env = {**os.environ, "MLFLOW_TRACKING_URI": fitted["tracking_uri"]}
-    log = (tmp_path / "serve.log").open("w")
-    proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        _wait_up(proc, f"http://127.0.0.1:{port}/ping", tmp_path / "serve.log")
-        photos, digits = other_domain_photos()["photos"][:10], _fresh("digits-trust")[:10]
-        body = {"dataframe_split": {"columns": ["image"], "data": [[b64(x)] for x in photos + digits]}}
-        req = urllib.request.Request(
-            f"http://127.0.0.1:{port}/invocations", data=json.dumps(body).encode(), method="POST"
-        )
+    photos, digits = other_domain_photos()["photos"][:10], _fresh("digits-trust")[:10]
+    body = {"dataframe_split": {"columns": ["image"], "data": [[b64(x)] for x in photos + digits]}}
+    with ModelServer("models:/digits-trust@champion", fitted["tracking_uri"], tmp_path / "serve.log") as srv:
+        req = urllib.request.Request(f"{srv.url}/invocations", data=json.dumps(body).encode(), method="POST")
         req.add_header("Content-Type", "application/json")
         with urllib.request.urlopen(req, timeout=300) as resp:
             preds = pd.DataFrame(json.loads(resp.read())["predictions"])
-        assert preds["unknown"][:10].sum() >= 9 and preds["unknown"][10:].sum() <= 1, preds[["label", "unknown"]]
-        assert preds["label"].notna().all() and preds["ood_score"].notna().all()
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)
-        log.close()
-
-
-def _wait_up(proc: subprocess.Popen, url: str, log_path) -> None:
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"mlflow models serve exited with {proc.returncode}: {log_path.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(url, timeout=5) as resp:
-                if resp.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(1.0)
-    pytest.fail(f"server not up in 300 s: {log_path.read_text()[-3000:]}")
+    assert preds["unknown"][:10].sum() >= 9 and preds["unknown"][10:].sum() <= 1, preds[["label", "unknown"]]
+    assert preds["label"].notna().all() and preds["ood_score"].notna().all()
