@@ -32,7 +32,7 @@ from app import data_audit, layout
 from app.layout import STRATEGY_HELP
 from app.limits import Limits
 from app.page import Page, handoff_dir, sweep_handoff
-from app.visitors import check_exposure, credentials_of
+from app.visitors import check_exposure, check_port, credentials_of
 from transfer.tracking import TrackingStore, quiet_mlflow
 
 _log = logging.getLogger(__name__)
@@ -208,10 +208,11 @@ def launch(
         limits: the page's limits (default: :meth:`Limits.from_settings`).
 
     Raises:
-        UserError: an exposed host without auth, or a malformed ``auth``.
+        UserError: an exposed host without auth, a malformed ``auth``, or an address it cannot listen on.
     """
     auth = auth or os.environ.get("TRANSFER_APP_AUTH")
     check_exposure(host, share, auth, no_auth)
+    check_port(host, port)
     credentials = credentials_of(auth)
     base = Path(base or os.environ.get("TRANSFER_APP_DIR", "app-data"))
     os.environ.setdefault("GRADIO_TEMP_DIR", str((base / "gradio-tmp").resolve()))

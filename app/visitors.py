@@ -15,10 +15,12 @@ with an explicit ``--no-auth``.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import hmac
 import os
 import secrets
+import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -146,6 +148,36 @@ def check_exposure(host: str, share: bool, auth: str | None, no_auth: bool) -> N
             "and deploy models; pass --auth user:password (or set TRANSFER_APP_AUTH), or --no-auth if only trusted "
             "people can reach this network"
         )
+
+
+# Why the page cannot listen, by the socket error's number (others say the system's own words).
+_LISTEN_REFUSALS = {
+    errno.EADDRINUSE: "another program is listening on that port",
+    errno.EACCES: "ports below 1024 need root",
+    errno.EADDRNOTAVAIL: "that host is not an address of this machine",
+}
+
+
+def check_port(host: str, port: int) -> None:
+    """Refuse a host and port the page cannot listen on, before anything is set up (no data folder, no database).
+
+    Raises:
+        UserError: one line: the address, why, and what to pass instead.
+    """
+    if not 0 < port < 65536:
+        raise UserError(f"--port {port}: a port is a number from 1 to 65535")
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0]
+        # As uvicorn will bind: SO_REUSEADDR, so a port a stopped server left in TIME_WAIT still counts as free.
+        with socket.create_server((host, port), family=family):
+            pass
+    except socket.gaierror as exc:
+        raise UserError(
+            f"cannot serve on {host}:{port}: no such host; pass --host with an address of this machine"
+        ) from exc
+    except OSError as exc:
+        reason = _LISTEN_REFUSALS.get(getattr(exc, "errno", None), str(getattr(exc, "strerror", None) or exc))
+        raise UserError(f"cannot serve on {host}:{port}: {reason}; choose another with --port or --host") from exc
 
 
 def credentials_of(auth: str | None) -> tuple[str, str] | None:

@@ -214,11 +214,12 @@ def _app(args: argparse.Namespace) -> int:
     import signal
 
     from app.limits import Limits
-    from app.visitors import check_exposure
+    from app.visitors import check_exposure, check_port
 
-    # Bad limits and an exposed host without auth: exit 2 at once, before Gradio and MLflow are even imported.
+    # Bad limits, an exposed host without auth, a port in use: exit 2 at once, before Gradio and MLflow are imported.
     limits = Limits.from_settings(args.limit)
     check_exposure(args.host, args.share, args.auth or os.environ.get("TRANSFER_APP_AUTH"), args.no_auth)
+    check_port(args.host, args.port)
     from app.main import launch
 
     # A service manager's SIGTERM stops the page as Ctrl+C does: its trainings are cancelled and stay resumable.
