@@ -10,7 +10,6 @@ import pytest
 
 from tests.app.support import App, serve_app, zip_tree
 from tests.helpers import digits_folder
-from tests.servers import free_port
 
 
 @pytest.fixture(scope="session")
@@ -29,7 +28,7 @@ def one_class_zip(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def app_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[App]:
     """`transfer app` on a free port of 127.0.0.1 under nohup with SIGINT ignored, stopped after the tests."""
-    with serve_app(tmp_path_factory.mktemp("app"), free_port()) as app:
+    with serve_app(tmp_path_factory.mktemp("app")) as app:
         yield app
 
 

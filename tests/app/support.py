@@ -18,9 +18,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.servers import PortTakenError, free_port
+
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 START_TIMEOUT_S = 240
+PORT_TAKEN = "another program is listening on that port"  # what `transfer app` says, exiting 2
 
 
 def zip_tree(root: Path, dest: Path) -> Path:
@@ -37,6 +40,7 @@ class App:
     """A running ``transfer app``."""
 
     url: str
+    port: int
     data_dir: Path
     proc: subprocess.Popen
     log: Path
@@ -49,28 +53,26 @@ class App:
         return self.log.read_text(errors="replace")
 
 
-def _wait_for(url: str, proc: subprocess.Popen, log: Path) -> None:
+def _wait_for(app: App) -> None:
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
         try:
-            urllib.request.urlopen(url, timeout=2)
-            if "transfer app: serving on" in log.read_text(errors="replace"):  # it says so once it has started
+            urllib.request.urlopen(app.url, timeout=2)
+            if "transfer app: serving on" in app.log_text():  # ours says so once it listens (not another's server)
                 return
             time.sleep(0.2)
         except OSError:
-            if proc.poll() is not None:
-                raise RuntimeError(log.read_text()[-3000:]) from None
+            if app.proc.poll() is not None:
+                if PORT_TAKEN in app.log_text():
+                    raise PortTakenError(app.url) from None
+                raise RuntimeError(app.log_text()[-3000:]) from None
             time.sleep(0.5)
-    raise RuntimeError(f"the app did not start in {START_TIMEOUT_S} s: " + log.read_text()[-3000:])
+    raise RuntimeError(f"the app did not start in {START_TIMEOUT_S} s: " + app.log_text()[-3000:])
 
 
-@contextlib.contextmanager
-def serve_app(base: Path, port: int, *args: str, ignore_sigint: bool = True) -> Iterator[App]:
-    """``nohup transfer app --port PORT ARGS`` with SIGINT ignored, as a service manager or ``cmd &`` starts it;
-    stopped (SIGTERM, as a service manager stops it) afterwards."""
-    base.mkdir(parents=True, exist_ok=True)
+def _start(base: Path, args: tuple[str, ...], ignore_sigint: bool) -> App:
     env = {**os.environ, "TRANSFER_APP_DIR": str(base / "data"), "GRADIO_ANALYTICS_ENABLED": "0"}
-    log = base / "app.log"
+    log, port = base / "app.log", free_port()
     with open(log, "wb") as out:
         proc = subprocess.Popen(
             ["nohup", sys.executable, "-m", "transfer", "app", "--port", str(port), *args],
@@ -81,18 +83,41 @@ def serve_app(base: Path, port: int, *args: str, ignore_sigint: bool = True) -> 
             start_new_session=True,
             preexec_fn=(lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if ignore_sigint else None,
         )
-    app = App(f"http://127.0.0.1:{port}", base / "data", proc, log)
+    return App(f"http://127.0.0.1:{port}", port, base / "data", proc, log)
+
+
+def _stop(app: App) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(app.proc.pid, signal.SIGTERM)
     try:
-        _wait_for(app.url, proc, log)
+        app.proc.wait(30)
+    except subprocess.TimeoutExpired:
+        os.killpg(app.proc.pid, signal.SIGKILL)
+        app.proc.wait(5)
+
+
+@contextlib.contextmanager
+def serve_app(base: Path, *args: str, ignore_sigint: bool = True, tries: int = 3) -> Iterator[App]:
+    """``nohup transfer app --port PORT ARGS`` on a free port, with SIGINT ignored, as a service manager or ``cmd &``
+    starts it; stopped (SIGTERM, as a service manager stops it) afterwards. When a parallel test process took the
+    port first, the app refuses it (exit 2) and starts again on another."""
+    base.mkdir(parents=True, exist_ok=True)
+    for attempt in range(tries):
+        app = _start(base, args, ignore_sigint)
+        try:
+            _wait_for(app)
+            break
+        except PortTakenError:
+            _stop(app)
+            if attempt == tries - 1:
+                raise
+        except BaseException:
+            _stop(app)
+            raise
+    try:
         yield app
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)
+        _stop(app)
 
 
 def ignores_sigint(pid: int) -> bool:
