@@ -6,6 +6,10 @@ data index, the cached features, the MLflow run and the audit included), against
 the same way that imports torch and torchvision, loads the same cached features from a file and starts its first
 epoch. Runs alternate; the median of ``--repeats`` is reported with the ratio. Goal: ours under 5 s.
 
+Then the floor: the libraries a fit imports, one after another in a fresh interpreter (what each adds on top of
+those before it), and the sum of those a fit cannot start training without (the loop is Lightning's, which imports
+torchmetrics, which imports scipy.signal and torchvision).
+
     python bench/fit_startup.py [--repeats 3] [--size 64]
 """
 
@@ -24,6 +28,28 @@ import benchdata
 from peers import WEIGHTS_URI, first_start, timed, transfer_command
 
 _log = logging.getLogger("bench.fit_startup")
+
+# In the order a fit imports them; True: needed before the first epoch of a cached-feature linear probe.
+IMPORTS = {
+    "torch": True,
+    "torchvision": True,
+    "timm": True,
+    "scipy.signal": True,  # torchmetrics' audio metrics import it; Lightning imports torchmetrics to read its version
+    "torchmetrics": True,
+    "lightning": True,
+    "mlflow": False,
+    "mlflow.store.tracking.sqlalchemy_store": False,
+    "albumentations": False,
+}
+IMPORT_TIMES = textwrap.dedent(
+    """
+    import importlib, json, sys, time
+    times = {}
+    for name in sys.argv[1:]:
+        t = time.perf_counter(); importlib.import_module(name); times[name] = time.perf_counter() - t
+    print(json.dumps(times))
+    """
+)
 
 PLAIN = textwrap.dedent(
     """
@@ -53,6 +79,24 @@ def _plain(features: Path, scratch: Path, env: dict) -> float:
     script.write_text(PLAIN)
     _, _, out = timed([sys.executable, str(script), str(features)], env, cwd=scratch)
     return json.loads(out.strip().splitlines()[-1])["t_first_epoch"]
+
+
+def _import_times(scratch: Path, env: dict) -> dict[str, float]:
+    script = scratch / "import_times.py"
+    script.write_text(IMPORT_TIMES)
+    _, _, out = timed([sys.executable, str(script), *IMPORTS], env, cwd=scratch)
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def _print_floor(times: list[dict[str, float]]) -> None:
+    med = {name: statistics.median(t[name] for t in times) for name in IMPORTS}
+    print("\n| import, in a fresh interpreter (in this order) | median s | needed before training starts |")
+    print("|---|---|---|")
+    for name, needed in IMPORTS.items():
+        print(f"| {name} | {med[name]:.2f} | {'yes' if needed else 'no'} |")
+    floor = sum(med[n] for n, needed in IMPORTS.items() if needed)
+    total = sum(med.values())
+    print(f"\nimports a Lightning loop cannot start without: {floor:.1f} s; all of the above: {total:.1f} s")
 
 
 def _recipe(scratch: Path, train: Path, val: Path, size: int) -> Path:
@@ -85,10 +129,11 @@ def main() -> None:
         cold = _ours(recipe, scratch, 0, env)  # fills the feature cache
         features = scratch / "features.pt"
         torch.save({"x": torch.randn(1000, 1280), "y": torch.randint(0, 10, (1000,))}, features)
-        ours, plain = [], []
+        ours, plain, imports = [], [], []
         for n in range(1, args.repeats + 1):
             ours.append(_ours(recipe, scratch, n, env))
             plain.append(_plain(features, scratch, env))
+            imports.append(_import_times(scratch, env))
     o, b = statistics.median(ours), statistics.median(plain)
     print("| launch to first epoch | median s | runs |\n|---|---|---|")
     print(f"| ours, features not cached yet | {cold:.1f} | 1 |")
@@ -98,6 +143,7 @@ def main() -> None:
         f"{', '.join(f'{t:.1f}' for t in plain)} |"
     )
     print(f"\nours / plain: x{o / b:.2f}; goal: ours under 5 s ({'met' if o < 5 else 'not met'})")
+    _print_floor(imports)
 
 
 if __name__ == "__main__":
