@@ -151,6 +151,8 @@ def _recommend(args: argparse.Namespace) -> int:
     from transfer.recommend import BUDGET_S, log_recommendation, parse_candidate, recommend, table
     from transfer.tracking import TrackingStore
 
+    if args.budget is not None and not args.budget > 0:  # NaN too; inf is "no limit"
+        raise UserError(f"--budget {args.budget:g}: give the seconds of measuring, a number above 0")
     recipe = recipe_for(args.source, overrides=args.set)
     candidates = [parse_candidate(c) for c in args.candidate] or None
     rec = recommend(recipe, candidates, budget_s=BUDGET_S if args.budget is None else args.budget)

@@ -85,3 +85,12 @@ def test_auto_backbone_takes_the_recommendation(workdir, monkeypatch):
     local = client.download_artifacts(result.run_id, "recommend/recommend.json", str(workdir))
     table = json.loads(Path(local).read_text())
     assert table["choice"] == {"backbone": "mobilenetv2_100", "pretrained": "torchvision:IMAGENET1K_V1"}
+
+
+@pytest.mark.parametrize("budget", ["-3", "0", "nan"])
+def test_a_budget_that_is_not_a_positive_number_of_seconds_exits_2_with_one_line(budget, workdir, capsys):
+    rc = main(["recommend", "builtin:digits", "--budget", budget])
+    out, err = capsys.readouterr()
+    assert rc == 2 and out == "" and len(err.splitlines()) == 1, err
+    assert err.startswith(f"error: --budget {budget}: ") and "above 0" in err
+    assert not (workdir / "mlflow.db").exists() and not (workdir / "mlruns").exists()  # nothing measured or logged
