@@ -176,7 +176,7 @@ def check_port(host: str, port: int) -> None:
             f"cannot serve on {host}:{port}: no such host; pass --host with an address of this machine"
         ) from exc
     except OSError as exc:
-        reason = _LISTEN_REFUSALS.get(getattr(exc, "errno", None), str(getattr(exc, "strerror", None) or exc))
+        reason = _LISTEN_REFUSALS.get(exc.errno, exc.strerror or str(exc))
         raise UserError(f"cannot serve on {host}:{port}: {reason}; choose another with --port or --host") from exc
 
 

@@ -95,7 +95,9 @@ def listens(pgid: int, port: int) -> bool:
     sockets = _listening_sockets(port)
     if sockets is None:
         return True
-    for fds in Path("/proc").glob("[0-9]*/fd") if sockets else ():
+    if not sockets:
+        return False
+    for fds in Path("/proc").glob("[0-9]*/fd"):
         with contextlib.suppress(OSError):  # a process may end while we look
             if os.getpgid(int(fds.parent.name)) == pgid and any(os.readlink(fd) in sockets for fd in fds.iterdir()):
                 return True
